@@ -1,0 +1,165 @@
+"""Host differences, detected by feature, in one place (A1111 v1.10 vs Forge, gradio 3 vs 4).
+
+Nothing here parses a version string: each function asks the host object whether it has
+the attribute or behaviour in question.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from typing import Any, Optional
+
+import numpy as np
+
+from ..guidance import SamplerConventions
+
+logger = logging.getLogger("vidguide")
+
+
+def is_forge() -> bool:
+    try:
+        import modules_forge  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def gradio_major() -> int:
+    import gradio
+
+    # gradio 4 has ImageEditor; 3.41 has the sketch tool on gr.Image instead.
+    return 4 if hasattr(gradio, "ImageEditor") else 3
+
+
+def sampler_conventions(denoiser: Any, p: Any) -> SamplerConventions:
+    """What the after-CFG tensor and the sigma argument mean for this generation's sampler.
+
+    - Forge's denoisers carry ``classic_ddim_eps_estimation``: they convert every sampler
+      to k-diffusion conventions (sigma, x0) before the callbacks.
+    - A1111's timesteps denoisers (DDIM, PLMS, UniPC) hold ``alphas`` and mask before
+      denoising: the callback sees epsilon and integer timesteps.
+    - Everything else is k-diffusion: sigma and x0.
+    """
+    inner = getattr(denoiser, "inner_model", None)
+    sigma_to_t = getattr(inner, "sigma_to_t", None)
+    if hasattr(denoiser, "classic_ddim_eps_estimation"):
+        model_wrap = getattr(getattr(p, "sampler", None), "model_wrap", None)
+        return SamplerConventions(sigma_to_t=getattr(model_wrap, "sigma_to_t", sigma_to_t))
+    alphas = getattr(denoiser, "alphas", None)
+    if alphas is not None and getattr(denoiser, "mask_before_denoising", False):
+        return SamplerConventions(
+            output_is_eps=True,
+            sigma_is_timestep=True,
+            alphas_cumprod=alphas.detach().float().cpu(),
+            ddim_timesteps=_ddim_timestep_grid(p),
+        )
+    return SamplerConventions(sigma_to_t=sigma_to_t)
+
+
+def _ddim_timestep_grid(p: Any) -> Optional[tuple[int, ...]]:
+    """DDIM's timestep grid for this img2img run, for its exact last step; None for PLMS/UniPC."""
+    sampler = getattr(p, "sampler", None)
+    if getattr(getattr(sampler, "func", None), "__name__", "") != "ddim" or not hasattr(sampler, "get_timesteps"):
+        return None
+    from modules import sd_samplers_common
+
+    steps, _ = sd_samplers_common.setup_img2img_steps(p)
+    return tuple(int(t) for t in sampler.get_timesteps(p, steps).tolist())
+
+
+def encode_rgb(sd_model: Any, rgb: np.ndarray):
+    """RGB uint8 (H, W, 3) to a scaled latent (1, C, H/8, W/8), without touching the global RNG.
+
+    The host's own ``images_tensor_to_samples`` samples the VAE posterior with the global
+    torch RNG, which changes the generation's init latent (HOST_A1111.md §9): take the
+    posterior's mode instead where the model returns a posterior (LDM); SDXL and Forge
+    return latents directly.
+    """
+    import torch
+    from modules import devices
+
+    image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+    image = (image * 2 - 1).to(devices.device, dtype=devices.dtype_vae)
+    with torch.no_grad(), devices.autocast():
+        encoded = sd_model.encode_first_stage(image)
+        if hasattr(encoded, "mode"):
+            encoded = encoded.mode()
+        return sd_model.get_first_stage_encoding(encoded).float()
+
+
+def to_pil(value: Any):
+    """An image script arg as PIL: PIL from the UI, base64 (with or without a data: prefix)
+    from the API, a numpy array, or gradio's {"image": ...} dict; None when empty."""
+    from PIL import Image
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        return to_pil(value.get("image") or value.get("background") or value.get("composite"))
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value.astype(np.uint8))
+    if isinstance(value, str):
+        return _decode_base64_image(value)
+    raise ValueError(f"expected an image (PIL or base64 PNG/JPEG), got {type(value).__name__}")
+
+
+def _decode_base64_image(text: str):
+    from PIL import Image
+
+    try:
+        from modules.api.api import decode_base64_to_image
+    except ImportError:
+        decode_base64_to_image = None
+    if decode_base64_to_image is not None:
+        try:
+            return decode_base64_to_image(text)
+        except Exception as error:
+            raise ValueError(f"could not decode a base64 image ({text[:32]!r}...): {error}") from error
+    try:
+        data = text.split(",", 1)[1] if text.startswith("data:") else text
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+        return image
+    except Exception as error:
+        raise ValueError(f"could not decode a base64 image ({text[:32]!r}...): {error}") from error
+
+
+def rgb_for_generation(image: Any, p: Any) -> np.ndarray:
+    """An image as RGB uint8 at the generation's size, resized the way the host resizes init images."""
+    from modules import images
+
+    pil = to_pil(image)
+    if pil is None:
+        raise ValueError("no image")
+    pil = images.flatten(pil, "#ffffff") if pil.mode in ("RGBA", "LA", "P") else pil.convert("RGB")
+    pil = images.resize_image(getattr(p, "resize_mode", 0), pil, p.width, p.height)
+    return np.asarray(pil.convert("RGB"), dtype=np.uint8)
+
+
+def image_input(label: str, elem_id: str):
+    """An upload-only PIL image input in gradio 3 (``source=``) and 4 (``sources=``)."""
+    import gradio as gr
+
+    if gradio_major() >= 4:
+        return gr.Image(label=label, type="pil", sources=["upload", "clipboard"], elem_id=elem_id, height=256)
+    return gr.Image(label=label, type="pil", source="upload", elem_id=elem_id, height=256)
+
+
+def enable_accordion(label: str, elem_id: str):
+    """The AlwaysOn "enabled" control: the host's InputAccordion where it exists (a checkbox
+    that opens an accordion), else a checkbox inside an accordion. Returns (context, checkbox)."""
+    import gradio as gr
+
+    try:
+        from modules.ui_components import InputAccordion
+    except ImportError:
+        InputAccordion = None
+    if InputAccordion is not None:
+        accordion = InputAccordion(False, label=label, elem_id=elem_id)
+        return accordion, accordion
+    accordion = gr.Accordion(label, open=False, elem_id=elem_id)
+    return accordion, None

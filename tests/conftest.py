@@ -1,0 +1,38 @@
+"""Test set-up: the host stand-in on sys.path, one thread, and a loaded WebUI "session"."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = Path(__file__).resolve().parent / "host"
+if str(HOST) not in sys.path:
+    sys.path.insert(0, str(HOST))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def webui():
+    """The stand-in host with the tiny model loaded and this extension's scripts registered."""
+    from host_session import HostSession
+
+    return HostSession.start(REPO)
+
+
+@pytest.fixture
+def fresh_state(webui):
+    webui.reset()
+    yield webui
+    webui.reset()
