@@ -45,7 +45,9 @@ def load_components(model: str, device: str = "cpu"):
     """A diffusers Stable Diffusion folder (or a hub id already in the local cache)."""
     import torch
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()
     if not os.path.isdir(model) and os.path.sep in model:
         raise ValueError(f"model folder {model!r} does not exist; give a diffusers folder or a Hugging Face id")
     try:
@@ -161,8 +163,9 @@ class DiffusersFrameRenderer:
 
 def run_video_file(source: str, output: str, *, model: str, params: Img2ImgParams, settings, device: str = "cpu",
                    runner: Optional[DiffusersImg2Img] = None, on_frame=None):
-    from .engine import run_video
+    from .engine import plan_frames, run_video
 
+    plan_frames(source, settings)  # a bad input fails here, before the model loads
     runner = runner or DiffusersImg2Img(model, device)
     renderer = DiffusersFrameRenderer(runner, params, settings.guidance)
     return run_video(source, output, renderer, settings, on_frame=on_frame)

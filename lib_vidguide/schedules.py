@@ -11,7 +11,7 @@ schedule that arrives over the HTTP API cannot run anything.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 # The seed's showcase (seeds/001): 0.6 for the first 80 % of the img2img steps,
@@ -37,7 +37,7 @@ class Schedule:
     """A piecewise-linear weight over progress in [0, 1]."""
 
     points: tuple[tuple[float, float], ...]
-    source: str = ""
+    source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if len(self.points) < 1:
@@ -115,7 +115,10 @@ def parse_schedule(text: str | Schedule | Sequence[Sequence[float]]) -> Schedule
             )
         progress_text, weight_text = chunk.split(":", 1)
         if not (_is_number(progress_text) and _is_number(weight_text)):
-            raise ScheduleError(f"schedule entry {chunk!r} must be two numbers like '0.8:0.4'")
+            raise ScheduleError(
+                f"schedule entry {chunk!r} must be two numbers like '0.8:0.4'; write a table "
+                f"'progress:weight, ...' or use a preset ({', '.join(PRESETS)})"
+            )
         points.append((float(progress_text), float(weight_text)))
     return Schedule(tuple(points), source=name)
 
