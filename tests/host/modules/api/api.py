@@ -129,7 +129,16 @@ def img2img(req: Img2ImgRequest):
 
 def create_api_app() -> FastAPI:
     """The /sdapi/v1 routes the extension's HTTP tests use, on a bare FastAPI app (--nowebui)."""
+    from fastapi.responses import JSONResponse
+
     app = FastAPI()
+
+    @app.exception_handler(Exception)
+    async def handle_exception(request, error):  # the host's api_middleware answers errors like this
+        return JSONResponse(status_code=500, content={
+            "error": type(error).__name__, "detail": vars(error).get("detail", ""),
+            "body": vars(error).get("body", ""), "errors": str(error),
+        })
     app.add_api_route("/sdapi/v1/img2img", img2img, methods=["POST"])
 
     def list_scripts():
