@@ -189,7 +189,7 @@ def plan_install(
             # someone's development copy, so leave it.
             plan.notes.append(
                 f"{MESSAGE_PREFIX} cannot read the version of the installed {package.name}; leaving it. "
-                f"{package.needed_for.capitalize()} is tested with {package.requirement}."
+                f"The range tested for {package.needed_for} is {package.requirement}."
             )
             continue
         if SpecifierSet(package.specifier).contains(version, prereleases=True):
@@ -199,8 +199,8 @@ def plan_install(
             # host put it back at its next start, and the two would reinstall each other forever.
             plan.notes.append(
                 f"{MESSAGE_PREFIX} the WebUI pins {package.name}=={installed[key]}, outside the tested range "
-                f"{package.requirement}; leaving the WebUI's version. If {package.needed_for} fails, "
-                f"report it with this line."
+                f"{package.requirement}; leaving the WebUI's version. Please quote this line when "
+                f"reporting problems with {package.needed_for}."
             )
             continue
         plan.requirements.append(package.requirement)
@@ -217,7 +217,7 @@ def _check_alternative(
     if version is not None and not SpecifierSet(package.specifier).contains(version, prereleases=True):
         plan.notes.append(
             f"{MESSAGE_PREFIX} {alternative}=={version} is installed, outside the tested range "
-            f"{package.requirement}; leaving it. If {package.needed_for} fails, install "
+            f"{package.requirement}; leaving it. For problems with {package.needed_for}, install "
             f'"{alternative}{package.specifier}" by hand.'
         )
 
@@ -356,8 +356,8 @@ def failure_message(requirement: str, error: BaseException, python: str = sys.ex
         f"Most often pip could only install it by changing a package the WebUI pins, which this "
         f"installer forbids (pip then says ResolutionImpossible and names the package), or pip "
         f"could not reach the package index.\n"
-        f"{MESSAGE_PREFIX} {package.needed_for.capitalize()} stays unavailable; the rest of the "
-        f"extension works. To install it by hand, stop the WebUI and run in its environment:\n"
+        f"{MESSAGE_PREFIX} Without it these features are off: {package.needed_for}; the rest of "
+        f"the extension works. To install it by hand, stop the WebUI and run in its environment:\n"
         f"    {hand_command}\n"
         f"{MESSAGE_PREFIX} last lines of pip's output:\n{output_tail}"
     )

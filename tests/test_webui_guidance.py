@@ -37,7 +37,7 @@ def guide_latent(image) -> torch.Tensor:
         return shared.sd_model.get_first_stage_encoding(shared.sd_model.encode_first_stage(x).mode())
 
 
-def alwayson(*, enabled=True, guide=None, previous=None, strength=1.0, schedule="constant",
+def alwayson_args(*, enabled=True, guide=None, previous=None, strength=1.0, schedule="constant",
              weight_mode="uniform", flow="dis_medium", warp="pixel"):
     args = [enabled, to_b64(guide) if guide is not None else None, to_b64(previous) if previous is not None else None,
             strength, schedule, weight_mode, flow, warp]
@@ -56,10 +56,10 @@ def test_disabled_or_zero_weight_is_bit_identical_to_plain(fresh_state, sampler)
     webui = fresh_state
     guide = sample_picture(seed=7)
     plain = run(webui, sampler_name=sampler)
-    disabled = run(webui, sampler_name=sampler, alwayson=alwayson(enabled=False, guide=guide))
-    zero_strength = run(webui, sampler_name=sampler, alwayson=alwayson(guide=guide, strength=0.0))
-    zero_schedule = run(webui, sampler_name=sampler, alwayson=alwayson(guide=guide, schedule="0:0, 1:0"))
-    guided = run(webui, sampler_name=sampler, alwayson=alwayson(guide=guide, strength=0.5))
+    disabled = run(webui, sampler_name=sampler, alwayson=alwayson_args(enabled=False, guide=guide))
+    zero_strength = run(webui, sampler_name=sampler, alwayson=alwayson_args(guide=guide, strength=0.0))
+    zero_schedule = run(webui, sampler_name=sampler, alwayson=alwayson_args(guide=guide, schedule="0:0, 1:0"))
+    guided = run(webui, sampler_name=sampler, alwayson=alwayson_args(guide=guide, strength=0.5))
     assert np.array_equal(plain, disabled)
     assert np.array_equal(plain, zero_strength)
     assert np.array_equal(plain, zero_schedule)
@@ -73,7 +73,7 @@ def test_full_weight_lands_on_the_guide_latent(final_latents, fresh_state, sampl
     k0 = guide_latent(guide)
     outputs = []
     for seed in (1, 99):
-        outputs.append(run(webui, sampler_name=sampler, seed=seed, alwayson=alwayson(guide=guide)))
+        outputs.append(run(webui, sampler_name=sampler, seed=seed, alwayson=alwayson_args(guide=guide)))
     for latent in final_latents:
         assert (latent - k0).abs().max().item() <= 1e-4
     assert np.abs(outputs[0].astype(int) - outputs[1].astype(int)).max() <= 1, "the output must not depend on the seed"
@@ -116,7 +116,7 @@ def test_title_is_matched_case_insensitively_and_args_are_positional(final_laten
     # Only the first three args: the rest keep their UI defaults (strength 1, seed_showcase, ...).
     short = {"vidguide FLOW Guidance": {"args": [True, to_b64(guide), None]}}
     run(webui, sampler_name="Euler", alwayson=short)
-    full = alwayson(guide=guide)
+    full = alwayson_args(guide=guide)
     run(webui, sampler_name="Euler", alwayson={"VIDGUIDE flow guidance": full[TITLE]})
     showcase_latent, constant_latent = final_latents[-2], final_latents[-1]
     assert (constant_latent - k0).abs().max() <= 1e-4
@@ -162,7 +162,7 @@ def test_bad_base64_guide_is_a_clear_error_not_a_crash(fresh_state, caplog):
 def test_bad_schedule_text_is_rejected_with_the_presets_named(fresh_state, caplog):
     webui = fresh_state
     with caplog.at_level("ERROR", logger="vidguide"):
-        run(webui, sampler_name="Euler", alwayson=alwayson(guide=sample_picture(seed=7), schedule="__import__('os')"))
+        run(webui, sampler_name="Euler", alwayson=alwayson_args(guide=sample_picture(seed=7), schedule="__import__('os')"))
     message = " ".join(record.getMessage() for record in caplog.records)
     assert "seed_showcase" in message and "progress:weight" in message
 
@@ -170,7 +170,7 @@ def test_bad_schedule_text_is_rejected_with_the_presets_named(fresh_state, caplo
 def test_hooks_are_removed_after_every_generation(fresh_state):
     from modules import script_callbacks
 
-    run(fresh_state, sampler_name="Euler", alwayson=alwayson(guide=sample_picture(seed=7)))
+    run(fresh_state, sampler_name="Euler", alwayson=alwayson_args(guide=sample_picture(seed=7)))
     for category in ("callbacks_cfg_denoiser", "callbacks_cfg_after_cfg"):
         assert not script_callbacks.callback_map[category]
 
@@ -193,7 +193,7 @@ def test_callbacks_leaked_by_a_failed_generation_never_touch_the_next_one(fresh_
 
     monkeypatch.setattr(model, "apply_model", failing_apply_model)
     with pytest.raises(RuntimeError, match="NansException"):
-        run(webui, sampler_name="Euler", alwayson=alwayson(guide=sample_picture(seed=7)))
+        run(webui, sampler_name="Euler", alwayson=alwayson_args(guide=sample_picture(seed=7)))
     monkeypatch.setattr(model, "apply_model", original)
     # The host never reached postprocess: our callbacks are still registered (as in the real host).
     assert hooks.active() is not None
@@ -219,7 +219,7 @@ def test_guidance_failing_mid_run_turns_itself_off_and_the_generation_finishes(f
 
     monkeypatch.setattr(StepGuidance, "apply", flaky_apply)
     with caplog.at_level("ERROR", logger="vidguide"):
-        image = run(fresh_state, sampler_name="Euler", alwayson=alwayson(guide=sample_picture(seed=7)))
+        image = run(fresh_state, sampler_name="Euler", alwayson=alwayson_args(guide=sample_picture(seed=7)))
     assert image.shape == (64, 64, 3)
     assert calls["n"] == 2, "after the failure, guidance must be off for the rest of the generation"
     assert sum("flow guidance failed" in r.getMessage() for r in caplog.records) == 1
@@ -245,7 +245,7 @@ def test_progress_follows_the_noise_level_not_the_lagging_counter(fresh_state, m
 
     monkeypatch.setattr(hooks, "activate", recording_activate)
     try:
-        run(fresh_state, sampler_name=sampler, steps=10, alwayson=alwayson(guide=sample_picture(seed=7), schedule="seed_showcase"))
+        run(fresh_state, sampler_name=sampler, steps=10, alwayson=alwayson_args(guide=sample_picture(seed=7), schedule="seed_showcase"))
     finally:
         script_callbacks.remove_callbacks_for_function(probe)
     history = guidances[0].history
@@ -262,3 +262,32 @@ def test_progress_follows_the_noise_level_not_the_lagging_counter(fresh_state, m
         assert [r.timestep for r in history] == [401, 301, 201, 101]
     else:
         assert len(history) == 6  # t_enc + 1
+
+
+def test_previous_source_frame_warps_the_guide_by_the_flow(fresh_state, monkeypatch):
+    """Same previous frame as the init image: zero motion, so the same result as no flow at all;
+    a shifted previous frame moves the guide and lowers weights where the flow fails."""
+    from lib_vidguide.webui import alwayson
+
+    webui = fresh_state
+    init = sample_picture(seed=3, shift=0)
+    guide = sample_picture(seed=7)
+    targets = []
+    original = alwayson.build_guide_target
+
+    def recording(*args, **kwargs):
+        target = original(*args, **kwargs)
+        targets.append(target)
+        return target
+
+    monkeypatch.setattr(alwayson, "build_guide_target", recording)
+    common = dict(guide=guide, schedule="seed_showcase", weight_mode="consistency")
+    no_flow = run(webui, init=init, alwayson=alwayson_args(**common))
+    same_frame = run(webui, init=init, alwayson=alwayson_args(previous=init, **common))
+    moved = run(webui, init=init, alwayson=alwayson_args(previous=sample_picture(seed=3, shift=4), **common))
+    assert np.array_equal(no_flow, same_frame)
+    assert not np.array_equal(no_flow, moved)
+    assert torch.equal(targets[0].latent, targets[1].latent)
+    assert targets[1].weight_map.min() > 0.99
+    assert not torch.equal(targets[0].latent, targets[2].latent)
+    assert targets[2].weight_map.min() < 0.5  # the strip that enters the frame has no flow back
