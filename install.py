@@ -136,11 +136,6 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_MANAGED_NAMES = frozenset(
-    canonical_name(name) for package in MANAGED_PACKAGES for name in (package.name, *package.alternatives)
-) - frozenset(canonical_name(name) for name in HOST_PINNED_PACKAGES)
-
-
 def _parse_version(text: str | None) -> Version | None:
     if text is None:
         return None
@@ -233,13 +228,13 @@ def constraints_for(installed_versions: Mapping[str, str | None]) -> list[str]:
     """Constraint lines (``name==version``) pinning every installed host-pinned package.
 
     Only installed packages are pinned: a constraint on a missing package would stop pip from
-    installing it as a dependency. Packages this extension manages are never pinned. A version
+    installing it as a dependency. Packages this extension installs are not in the list. A version
     pip cannot parse is skipped, because one bad line makes pip reject the whole file."""
     installed = {canonical_name(name): version for name, version in installed_versions.items()}
     lines = []
     for name in HOST_PINNED_PACKAGES:
         key = canonical_name(name)
-        if key in _MANAGED_NAMES or _parse_version(installed.get(key)) is None:
+        if _parse_version(installed.get(key)) is None:
             continue
         lines.append(f"{name}=={installed[key]}")
     return lines

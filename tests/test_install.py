@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -242,25 +243,29 @@ def test_a_host_pin_on_diffusers_wins(installer, tmp_path):
     assert DIFFUSERS_RANGE not in plan.requirements
     assert any("the WebUI pins diffusers==0.33.0" in note for note in plan.notes)
     # A pin on another version does not protect what is installed now.
-    assert DIFFUSERS_RANGE in installer.requirements_to_install({**HOST_STACK, "diffusers": "0.33.0"}, {"diffusers": "0.31.0"})
+    other_pin = {"diffusers": "0.31.0"}
+    environment = {**HOST_STACK, "diffusers": "0.33.0"}
+    assert DIFFUSERS_RANGE in installer.requirements_to_install(environment, other_pin)
     assert installer.host_requirement_pins(str(tmp_path / "missing")) == {}
 
 
 def test_requirements_never_touch_host_packages(installer):
     for environment in ({}, HOST_STACK, {**HOST_STACK, "diffusers": "0.27.2", "onnxruntime": "1.30.0"}):
-        names = {installer.canonical_name(r.split(">")[0].split("<")[0]) for r in installer.requirements_to_install(environment)}
+        wanted = installer.requirements_to_install(environment)
+        names = {installer.canonical_name(re.split(r"[<>=!~ ]", requirement)[0]) for requirement in wanted}
         assert names <= {"diffusers", "av", "opencv-python-headless", "onnxruntime"}
         assert "torch" not in names and "torchvision" not in names
 
 
 def test_constraints_pin_exactly_the_installed_host_packages(installer):
-    environment = {**HOST_STACK, "diffusers": "0.27.2", "av": "11.0.0", "onnxruntime": "1.24.0", "requests": "2.32.3"}
+    ours = {"diffusers": "0.27.2", "av": "11", "onnxruntime": "1.24.0", "opencv-python-headless": "4.11.0.86"}
+    environment = {**HOST_STACK, **ours, "requests": "2.32.3"}
     constraints = installer.constraints_for(environment)
     pinned = {line.split("==")[0]: line.split("==")[1] for line in constraints}
     canonical = {installer.canonical_name(name): version for name, version in pinned.items()}
     assert canonical == {installer.canonical_name(name): version for name, version in HOST_STACK.items()}
     assert canonical["torch"] == "2.1.2+cu121"  # local version labels kept: pip matches them exactly
-    assert not {"diffusers", "av", "onnxruntime", "requests"} & set(canonical)
+    assert not {*ours, "requests"} & set(canonical)
     assert installer.constraints_for({}) == []
 
 
@@ -277,10 +282,13 @@ def test_skip_install_runs_no_pip_at_all(installer, stand_in_launch, monkeypatch
     monkeypatch.setattr(launch.args, "skip_install", True)
     launch.run_pip("install something", desc="something")  # the host's own no-op
     assert _logged_commands(log) == []
+    # install.py does not even call run_pip (nor write a constraints file) under --skip-install.
+    calls = []
+    monkeypatch.setattr(launch, "run_pip", lambda *args, **kwargs: calls.append(args))
     output = io.StringIO()
     with redirect_stdout(output):
         assert installer.run_install(launch, [], installed_versions={}) == 0
-    assert _logged_commands(log) == []
+    assert calls == []
     assert output.getvalue() == ""
 
 
@@ -315,7 +323,8 @@ def test_host_failure_is_reported_not_raised(installer, stand_in_launch, monkeyp
     monkeypatch.setattr(launch, "run_pip", failing_run_pip)
     output = io.StringIO()
     with redirect_stdout(output):
-        failures = installer.run_install(launch, [], installed_versions={**HOST_STACK, "av": "16.0.1", "onnxruntime": "1.23.2"})
+        environment = {**HOST_STACK, "av": "16.0.1", "onnxruntime": "1.23.2"}
+        failures = installer.run_install(launch, [], installed_versions=environment)
     assert failures == 1
     text = output.getvalue()
     assert f"[-] VidGuide: could not install {DIFFUSERS_RANGE}" in text
@@ -334,7 +343,8 @@ def test_fallback_without_launch_uses_this_python_and_the_same_constraints(insta
     monkeypatch.setattr(installer.subprocess, "run", fake_run)
     monkeypatch.delenv("INDEX_URL", raising=False)
     with redirect_stdout(io.StringIO()) as output:
-        failures = installer.run_install(None, [], installed_versions={**HOST_STACK, "diffusers": "0.31.0", "av": "16.0.1"})
+        environment = {**HOST_STACK, "diffusers": "0.31.0", "av": "16.0.1"}
+        failures = installer.run_install(None, [], installed_versions=environment)
     assert failures == 0
     (command, constraints), = calls
     assert command[:5] == [sys.executable, "-m", "pip", "install", "-c"]
@@ -363,14 +373,22 @@ def _write_probe_wheel(folder: Path, requires: str) -> None:
     dist_info = "vg_probe-1.0.dist-info"
     with zipfile.ZipFile(folder / "vg_probe-1.0-py3-none-any.whl", "w") as wheel:
         wheel.writestr("vg_probe.py", "")
-        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: vg-probe\nVersion: 1.0\nRequires-Dist: {requires}\n")
-        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(
+            f"{dist_info}/METADATA",
+            f"Metadata-Version: 2.1\nName: vg-probe\nVersion: 1.0\nRequires-Dist: {requires}\n",
+        )
+        wheel.writestr(
+            f"{dist_info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         wheel.writestr(f"{dist_info}/RECORD", "")
 
 
 @pytest.mark.skipif(not _pip_supports_dry_run(), reason="pip install --dry-run needs pip 22.2")
 def test_real_pip_refuses_to_move_a_pinned_package(installer, tmp_path):
-    installed = installer.read_installed_versions(installer.packages_to_check(), installer.is_installed_like_host)
+    installed = installer.read_installed_versions(
+        installer.packages_to_check(), installer.is_installed_like_host
+    )
     if "numpy" not in installed:
         pytest.skip("numpy is not installed here")
     constraints = installer.write_constraints_file(installer.constraints_for(installed))
@@ -442,7 +460,12 @@ def test_preload_adds_the_options_and_parses_them(preload_module):
 
 
 @pytest.mark.parametrize(
-    "arguments", [["--vidguide-loglevel", "TRACE"], ["--vidguide-max-upload-mb", "0"], ["--vidguide-max-upload-mb", "lots"]]
+    "arguments",
+    [
+        ["--vidguide-loglevel", "TRACE"],
+        ["--vidguide-max-upload-mb", "0"],
+        ["--vidguide-max-upload-mb", "lots"],
+    ],
 )
 def test_preload_rejects_bad_values(preload_module, arguments, capsys):
     parser = argparse.ArgumentParser(prog="launch.py")
