@@ -44,6 +44,7 @@ class HostSession:
     def start(cls, repo: Path) -> "HostSession":
         from modules import scripts, sd_models, shared
 
+        shared.preload_extensions([str(repo)])
         shared.sd_model = sd_models.load_tiny_model()
         runner = scripts.load_scripts([str(repo)])
         runner.initialize_scripts(is_img2img=True)

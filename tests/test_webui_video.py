@@ -21,7 +21,9 @@ def video_env(fresh_state, tmp_path, monkeypatch):
     from modules import shared
 
     monkeypatch.setitem(shared.opts.data, "outdir_img2img_samples", str(tmp_path / "outputs" / "img2img-images"))
-    clip = write_clip(tmp_path / "source.mp4", moving_pattern(4))
+    monkeypatch.setattr(shared.cmd_opts, "vidguide_allowed_roots", str(tmp_path / "inputs"))
+    (tmp_path / "inputs").mkdir()
+    clip = write_clip(tmp_path / "inputs" / "source.mp4", moving_pattern(4))
     return fresh_state, clip, tmp_path
 
 
@@ -173,3 +175,23 @@ def test_a_missing_video_is_a_clear_error(video_env):
     webui, _, _ = video_env
     with pytest.raises(ValueError, match="no source video"):
         webui.img2img(script_name=TITLE, script_args=video_args(None))
+
+
+def test_api_paths_outside_the_allowed_roots_are_refused(video_env):
+    webui, clip, tmp_path = video_env
+    outside = write_clip(tmp_path / "elsewhere.mp4", moving_pattern(2))
+    escape = tmp_path / "inputs" / ".." / "elsewhere.mp4"
+    link = tmp_path / "inputs" / "link.mp4"
+    link.symlink_to(outside)
+    for path in (outside, escape, link, "/etc/passwd"):
+        with pytest.raises(ValueError, match="outside the folders the API may use"):
+            webui.img2img(script_name=TITLE, script_args=video_args(str(path)))
+    assert not (tmp_path / "outputs" / "vidguide").exists() or not list((tmp_path / "outputs" / "vidguide").iterdir())
+
+
+def test_default_roots_are_the_outputs_and_an_inputs_folder(monkeypatch):
+    from lib_vidguide.webui import host
+    from modules import shared
+
+    monkeypatch.setattr(shared.cmd_opts, "vidguide_allowed_roots", "")
+    assert [path.name for path in host.allowed_roots()] == ["outputs", "vidguide-inputs"]

@@ -12,9 +12,9 @@ from modules import scripts
 from ..frame_guide import build_guide_target, motion_between
 from ..guidance import StepGuidance
 from ..settings import ALWAYSON_ARG_NAMES, GuidanceSettings, args_to_mapping, guidance_from_values
-from . import compat, hooks, ui
+from . import compat, hooks, host, ui
 
-logger = logging.getLogger("vidguide")
+logger = host.configure_logging()
 
 TITLE = "VidGuide flow guidance"
 

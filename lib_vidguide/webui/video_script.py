@@ -22,8 +22,9 @@ from modules import scripts
 from ..engine import FrameEvent, FrameGuideInput, FramePlan, RenderedFrame, run_video
 from ..frame_guide import build_guide_target
 from ..guidance import StepGuidance
+from ..paths import resolve_inside
 from ..settings import GuidanceSettings, VideoSettings, args_to_mapping, guidance_from_values
-from . import compat, hooks, ui
+from . import compat, hooks, host, ui
 
 logger = logging.getLogger("vidguide")
 
@@ -44,9 +45,10 @@ def video_settings_from_args(args: tuple) -> tuple[Any, VideoSettings]:
     return values["video"], settings
 
 
-def resolve_video(value: Any) -> tuple[str, Optional[str]]:
+def resolve_video(value: Any, *, from_api: bool) -> tuple[str, Optional[str]]:
     """A video arg as a file path: a path (UI upload or server path) or a base64 data URL.
 
+    A path from an API caller must lie inside the allowed roots (--vidguide-allowed-roots).
     Returns (path, temporary path to delete afterwards or None).
     """
     if isinstance(value, dict):
@@ -60,13 +62,15 @@ def resolve_video(value: Any) -> tuple[str, Optional[str]]:
         with os.fdopen(handle, "wb") as file:
             file.write(base64.b64decode(payload))
         return path, path
+    if from_api:
+        return str(resolve_inside(value, host.allowed_roots(), what="video")), None
     return value, None
 
 
 def output_directory() -> Path:
-    from modules import paths_internal, shared
+    from modules import shared
 
-    base = shared.opts.data.get("outdir_img2img_samples") or os.path.join(paths_internal.data_path, "outputs", "img2img-images")
+    base = shared.opts.data.get("outdir_img2img_samples") or str(host.data_path() / "outputs" / "img2img-images")
     directory = Path(base).parent / "vidguide"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
@@ -130,7 +134,7 @@ class VidGuideVideoScript(scripts.Script):
         from modules.shared import state
 
         video_arg, settings = video_settings_from_args(args)
-        source, temporary = resolve_video(video_arg)
+        source, temporary = resolve_video(video_arg, from_api=bool(getattr(p, "is_api", False)))
         try:
             processing.fix_seed(p)
             p.n_iter = 1

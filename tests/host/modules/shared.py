@@ -1,6 +1,7 @@
 """Global host state: options, the loaded model, progress state, command-line options."""
 
 import argparse
+import os
 import types
 
 from modules import devices
@@ -68,6 +69,19 @@ parser.add_argument("--nowebui", action="store_true")
 parser.add_argument("--skip-install", action="store_true")
 cmd_opts = parser.parse_args([])
 
-# A1111's `shared.cmd_opts` is parsed after extensions' preload.py add their flags.
+
+def preload_extensions(extension_dirs, argv=()):
+    """As the host does at start-up: every extension's preload(parser), then parse the command line."""
+    global cmd_opts
+    from modules import scripts
+
+    for extension_dir in extension_dirs:
+        path = os.path.join(extension_dir, "preload.py")
+        if os.path.exists(path):
+            scripts.load_module(path).preload(parser)
+    cmd_opts = parser.parse_args(list(argv))
+    return cmd_opts
+
+
 hypernetworks = {}
 total_tqdm = types.SimpleNamespace(update=lambda *a, **k: None, clear=lambda: None)
