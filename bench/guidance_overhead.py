@@ -466,9 +466,11 @@ def end_to_end(denoiser: EpsDenoiser, host_vae: HostVae, sigmas: torch.Tensor, i
 
 
 def ms(seconds: float) -> str:
-    if seconds >= 100:
+    """Milliseconds with a precision that suits the size (sub-ms steps and minute-long UNet calls)."""
+    size = abs(seconds)
+    if size >= 100:
         return f"{seconds * 1e3:,.0f}"
-    return f"{seconds * 1e3:,.3f}" if seconds < 0.01 else f"{seconds * 1e3:,.2f}"
+    return f"{seconds * 1e3:,.3f}" if size < 0.01 else f"{seconds * 1e3:,.2f}"
 
 
 def pct(ratio: float) -> str:
@@ -661,9 +663,10 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"(median {ms(unet_call.median)} ms per call) x {denoiser_calls} calls = {ms(unet_frame_s)} ms.")
     else:
         print(f"  the frame's UNet time: median of {plan.unet_measured} timed calls x {denoiser_calls} calls.")
-    print(f"  UNet only:                       {ms(unet_frame_s):>12} ms per frame")
-    print(f"  frame diffusion (UNet + VAE enc + dec): {ms(diffusion_s):>12} ms per frame "
-          "(excluded: prompt encoding, cached per run; video decode/encode)")
+    print(f"  UNet only ({denoiser_calls} calls):{'':<18} {ms(unet_frame_s):>12} ms per frame")
+    print(f"  frame diffusion (UNet + VAE enc + dec): {ms(diffusion_s):>12} ms per frame  <- the ratios' denominator")
+    print("  (not included: prompt encoding, cached across frames; video decode/encode; the sampler's own "
+          "arithmetic between calls)")
     if not outputs_finite:
         print("  WARNING: the random-weight UNet produced non-finite values; CPU timings may be distorted.")
 

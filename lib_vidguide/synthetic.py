@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .flow import _check_hw
+
 SCENES = ("translation", "rotation_zoom", "moving_object")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
 NOISE_SIGMA = 1.5
@@ -194,10 +196,7 @@ def _ground_truth(
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be a (height, width) pair of ints, got {size!r}") from None
+    height, width = _check_hw("size", size)
     if height < 32 or width < 32:
         raise ValueError(f"size {size!r} is too small; use at least (32, 32)")
     return height, width

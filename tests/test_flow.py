@@ -18,14 +18,6 @@ from lib_vidguide.synthetic import SCENES, make_clip, make_pair
 SIZE = (512, 768)  # the SD 1.5 portrait size the seed used, as in docs/FLOW.md
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_cv2_thread():
-    """One OpenCV thread, as measured in FLOW.md; restored afterwards for the other test modules."""
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(previous)
-
 
 @pytest.fixture(scope="module")
 def scenes():

@@ -14,13 +14,6 @@ N_FRAMES = 10
 SIZE = (192, 256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_cv2_thread():
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(previous)
-
 
 @pytest.fixture(scope="module")
 def clip():

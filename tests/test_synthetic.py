@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 import pytest
 
@@ -15,13 +14,6 @@ from lib_vidguide.synthetic import SCENES, make_clip, make_pair
 SIZE = (512, 768)
 NOISE_FLOOR_GREY = 3.0  # mean |difference| of two σ=1.5 renderings after resampling, with margin
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_cv2_thread():
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,25 @@ class Sampler:
         except InterruptedException:
             return self.last_latent
 
+    def launch_img2img(self, p, x, xi, t_enc, conditioning, unconditional_conditioning, image_conditioning, kwargs):
+        """Both families end sample_img2img the same way: t_enc + 1 steps from the noised xi."""
+        self.model_wrap_cfg.init_latent = x
+        self.last_latent = x
+        self.sampler_extra_args = {
+            "cond": conditioning,
+            "image_cond": image_conditioning,
+            "uncond": unconditional_conditioning,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": self.s_min_uncond,
+        }
+        return self.launch_sampling(
+            t_enc + 1,
+            lambda: self.func(
+                self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
+                callback=self.callback_state, **kwargs,
+            ),
+        )
+
     def number_of_needed_noises(self, p):
         return p.steps
 

@@ -94,42 +94,5 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         if "sigmas" in parameters:
             extra_params_kwargs["sigmas"] = sigma_sched
 
-        self.model_wrap_cfg.init_latent = x
-        self.last_latent = x
-        self.sampler_extra_args = {
-            "cond": conditioning,
-            "image_cond": image_conditioning,
-            "uncond": unconditional_conditioning,
-            "cond_scale": p.cfg_scale,
-            "s_min_uncond": self.s_min_uncond,
-        }
-        return self.launch_sampling(
-            t_enc + 1,
-            lambda: self.func(
-                self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
-                callback=self.callback_state, **extra_params_kwargs,
-            ),
-        )
-
-    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
-        steps = steps or p.steps
-        sigmas = self.get_sigmas(p, steps)
-        x = x * sigmas[0]
-        extra_params_kwargs = self.initialize(p)
-        if "sigmas" in inspect.signature(self.func).parameters:
-            extra_params_kwargs["sigmas"] = sigmas
-        self.last_latent = x
-        self.sampler_extra_args = {
-            "cond": conditioning,
-            "image_cond": image_conditioning,
-            "uncond": unconditional_conditioning,
-            "cond_scale": p.cfg_scale,
-            "s_min_uncond": self.s_min_uncond,
-        }
-        return self.launch_sampling(
-            steps,
-            lambda: self.func(
-                self.model_wrap_cfg, x, extra_args=self.sampler_extra_args, disable=True,
-                callback=self.callback_state, **extra_params_kwargs,
-            ),
-        )
+        return self.launch_img2img(p, x, xi, t_enc, conditioning, unconditional_conditioning, image_conditioning,
+                                   extra_params_kwargs)

@@ -105,19 +105,5 @@ class CompVisSampler(sd_samplers_common.Sampler):
         if "timesteps" in inspect.signature(self.func).parameters:
             extra_params_kwargs["timesteps"] = timesteps_sched
 
-        self.model_wrap_cfg.init_latent = x
-        self.last_latent = x
-        self.sampler_extra_args = {
-            "cond": conditioning,
-            "image_cond": image_conditioning,
-            "uncond": unconditional_conditioning,
-            "cond_scale": p.cfg_scale,
-            "s_min_uncond": self.s_min_uncond,
-        }
-        return self.launch_sampling(
-            t_enc + 1,
-            lambda: self.func(
-                self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=True,
-                callback=self.callback_state, **extra_params_kwargs,
-            ),
-        )
+        return self.launch_img2img(p, x, xi, t_enc, conditioning, unconditional_conditioning, image_conditioning,
+                                   extra_params_kwargs)
