@@ -12,6 +12,7 @@ import logging
 import random
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .settings import PYDANTIC_V2, GuidanceSettings, VideoSettings
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--cfg-scale", type=float, default=7.0)
     video.add_argument("--sampler", choices=("euler", "dpmpp_2m"), default="euler")
     video.add_argument("--device", default="cpu")
+    video.add_argument("--frames-dir", default=None,
+                       help="also keep every finished frame here as a PNG (default: OUTPUT without its suffix)")
+    video.add_argument("--no-frames", action="store_true", help="do not keep the PNG frames")
     add_model_options(video, VideoSettings, skip=("guidance",))
     add_model_options(video, GuidanceSettings)
 
@@ -125,8 +129,9 @@ def _video(args: argparse.Namespace) -> int:
     def progress(event) -> None:
         print(f"frame {event.index + 1}/{event.total} ({event.seconds:.2f} s)", file=sys.stderr)
 
+    frames_dir = None if args.no_frames else (args.frames_dir or str(Path(args.output).with_suffix("")))
     result = run_video_file(args.input, args.output, model=args.model, params=params, settings=settings,
-                            device=args.device, on_frame=progress)
-    print(json.dumps({"output": str(result.output_path), "frames": result.frames_written, "seed": seed,
+                            device=args.device, frames_dir=frames_dir, on_frame=progress)
+    print(json.dumps({"output": str(result.output_path), "frames_dir": frames_dir, "frames": result.frames_written, "seed": seed,
                       "fps": float(result.fps), "size": list(result.size)}))
     return 0

@@ -162,13 +162,13 @@ class DiffusersFrameRenderer:
 
 
 def run_video_file(source: str, output: str, *, model: str, params: Img2ImgParams, settings, device: str = "cpu",
-                   runner: Optional[DiffusersImg2Img] = None, on_frame=None):
+                   runner: Optional[DiffusersImg2Img] = None, frames_dir=None, on_frame=None):
     from .engine import plan_frames, run_video
 
     plan_frames(source, settings)  # a bad input fails here, before the model loads
     runner = runner or DiffusersImg2Img(model, device)
     renderer = DiffusersFrameRenderer(runner, params, settings.guidance)
-    return run_video(source, output, renderer, settings, on_frame=on_frame)
+    return run_video(source, output, renderer, settings, frames_dir=frames_dir, on_frame=on_frame)
 
 
 __all__ = ["DiffusersFrameRenderer", "DiffusersImg2Img", "Img2ImgParams", "run_video_file"]

@@ -107,6 +107,7 @@ def run_video(
     renderer: FrameRenderer,
     settings: VideoSettings,
     *,
+    frames_dir: Optional[str | os.PathLike] = None,
     on_plan: Optional[Callable[[FramePlan], None]] = None,
     on_frame: Optional[Callable[[FrameEvent], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
@@ -114,8 +115,11 @@ def run_video(
     """Render every planned frame of ``source`` and write an H.264 mp4 to ``output_path``.
 
     The mp4 appears at ``output_path`` only when every planned frame was written; an
-    interrupted run leaves no file there (the writer's temporary file is removed).
+    interrupted run leaves no file there (the writer's temporary file is removed). With
+    ``frames_dir``, every finished frame is also saved there at once as a PNG
+    (``frame_000001.png``, written atomically), so an interrupted run keeps its work.
     """
+    from .atomic import save_png_atomic
     from .flow import FlowPrefetcher
     from .video_io import VideoWriter, iter_frames
 
@@ -153,6 +157,8 @@ def run_video(
                     guide = FrameGuideInput(previous.image, previous.latent, motion)
                 rendered = renderer.render(frame, guide, index)
                 _check_rendered(rendered, plan.size, index)
+                if frames_dir is not None:
+                    save_png_atomic(frame_path(frames_dir, index), rendered.image)
                 if writer is not None:
                     writer.write(rendered.image)
                 previous = rendered
@@ -176,6 +182,11 @@ def run_video(
             writer.abort()
         raise
     return result
+
+
+def frame_path(frames_dir: str | os.PathLike, index: int) -> Path:
+    """Where frame ``index`` (0-based) of a run is kept: frame_000001.png for the first."""
+    return Path(frames_dir) / f"frame_{index + 1:06d}.png"
 
 
 def _check_rendered(rendered: RenderedFrame, size: tuple[int, int], index: int) -> None:

@@ -86,6 +86,7 @@ def test_cli_video_end_to_end(tiny_model_dir, tmp_path):
     assert summary["frames"] == 5 and summary["seed"] == 11 and summary["size"] == [64, 48]
     info = probe(output)
     assert (info.width, info.height, info.frame_count) == (64, 48, 5)
+    assert len(list((tmp_path / "out").glob("frame_*.png"))) == 5
     assert "frame 5/5" in completed.stderr
 
 

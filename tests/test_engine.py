@@ -59,18 +59,25 @@ def test_unguided_run_computes_no_flow(clip, tmp_path):
     assert all(call[2] is None for call in renderer.calls)
 
 
-def test_interrupt_keeps_no_half_written_video(clip, tmp_path):
+def test_interrupt_keeps_the_finished_frames_and_no_half_written_video(clip, tmp_path):
     renderer = RecordingRenderer()
     stop = {"now": False}
 
     def on_frame(event):
         stop["now"] = event.index == 2
 
-    result = run_video(clip, tmp_path / "out.mp4", renderer, VideoSettings(), on_frame=on_frame,
-                       should_stop=lambda: stop["now"])
+    frames_dir = tmp_path / "out"
+    result = run_video(clip, tmp_path / "out.mp4", renderer, VideoSettings(), frames_dir=frames_dir,
+                       on_frame=on_frame, should_stop=lambda: stop["now"])
     assert result.interrupted and result.frames_written == 3
     assert result.output_path is None
-    assert list(tmp_path.iterdir()) == [clip]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source.mp4"]
+    kept = sorted(frames_dir.iterdir())
+    assert [p.name for p in kept] == ["frame_000001.png", "frame_000002.png", "frame_000003.png"]
+    source = read_all_frames(clip)
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(kept[2])), 255 - source[2])
 
 
 def test_a_renderer_failure_leaves_no_output(clip, tmp_path):

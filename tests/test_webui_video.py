@@ -70,6 +70,10 @@ def test_guided_video_over_the_api(video_env, rendered):
     assert output and output.endswith(".mp4") and str(tmp_path / "outputs" / "vidguide") in output
     meta = probe(output)
     assert (meta.width, meta.height, meta.frame_count) == (64, 64, 4)
+    from pathlib import Path
+
+    kept = sorted(Path(info["frames_dir"]).glob("frame_*.png"))
+    assert len(kept) == 4
 
     decoded = read_all_frames(output)
     for index, frame in enumerate(decoded):
@@ -163,6 +167,9 @@ def test_interrupt_stops_after_the_current_frame_and_writes_no_partial_video(vid
     info = json.loads(run_video_request(webui, video_args(str(clip))))["vidguide"]
     assert info["interrupted"] and info["frames"] == 2 and info["output"] is None
     assert not list((tmp_path / "outputs" / "vidguide").glob("*.mp4"))
+    from pathlib import Path
+
+    assert [p.name for p in sorted(Path(info["frames_dir"]).iterdir())] == ["frame_000001.png", "frame_000002.png"]
 
 
 def test_wrong_script_arg_count_is_a_clear_error(video_env):

@@ -154,7 +154,7 @@ class VidGuideVideoScript(scripts.Script):
                 state.textinfo = state.job
 
             result = run_video(
-                source, output, renderer, settings, on_plan=on_plan, on_frame=on_frame,
+                source, output, renderer, settings, frames_dir=output.with_suffix(""), on_plan=on_plan, on_frame=on_frame,
                 should_stop=lambda: bool(state.interrupted or state.stopping_generation),
             )
         finally:
@@ -165,6 +165,7 @@ class VidGuideVideoScript(scripts.Script):
         info = {
             "vidguide": {
                 "output": str(result.output_path) if result.output_path else None,
+                "frames_dir": str(output.with_suffix("")),
                 "frames": result.frames_written,
                 "planned_frames": result.total_frames,
                 "interrupted": result.interrupted,
