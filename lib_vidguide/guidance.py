@@ -148,6 +148,7 @@ class StepGuidance:
     conventions: SamplerConventions | None = None
     history: list[StepRecord] = field(default_factory=list)
     _x_t: "torch.Tensor | None" = None
+    _on_device: tuple = ()
     _timestep: float | None = None
     _start_timestep: float | None = None
 
@@ -182,12 +183,23 @@ class StepGuidance:
         if scalar == 0.0:
             self.history.append(StepRecord(self._timestep, progress, 0.0, "skip"))
             return output
-        weight = self.target.weight_map.to(device=output.device, dtype=output.dtype) * scalar
-        guide = self.target.latent.to(device=output.device, dtype=output.dtype)
+        guide, weight_map = self._target_like(output)
+        weight = weight_map * scalar
         if not self.conventions.output_is_eps:
             self.history.append(StepRecord(self._timestep, progress, scalar, "x0"))
             return blend_x0(output, guide, weight)
         return self._apply_eps(output, guide, weight, scalar, progress)
+
+    def _target_like(self, output):
+        """The guide and weight map on the output's device and dtype, copied once per generation."""
+        key = (output.device, output.dtype)
+        if not self._on_device or self._on_device[0] != key:
+            self._on_device = (
+                key,
+                self.target.latent.to(device=output.device, dtype=output.dtype),
+                self.target.weight_map.to(device=output.device, dtype=output.dtype),
+            )
+        return self._on_device[1], self._on_device[2]
 
     def _apply_eps(self, eps, guide, weight, scalar, progress):
         if self.conventions.alphas_cumprod is None or self._x_t is None:
