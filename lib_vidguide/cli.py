@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(video, VideoSettings, skip=("guidance",))
     add_model_options(video, GuidanceSettings)
 
+    from .svd_motion_brush import register_cli as register_motion_brush
+
+    register_motion_brush(commands)
+
     demo = commands.add_parser("demo", help="the end-to-end demo on a tiny random-weight model")
     demo.add_argument("--out", default="out", help="output folder (default: out)")
     demo.add_argument("--frames", type=int, default=16)
@@ -103,6 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        if hasattr(args, "handler"):
+            return args.handler(args)
         if args.command == "video":
             return _video(args)
         if args.command == "demo":
