@@ -156,7 +156,8 @@ def test_bad_base64_guide_is_a_clear_error_not_a_crash(fresh_state, caplog):
     webui = fresh_state
     with caplog.at_level("ERROR", logger="vidguide"):
         run(webui, sampler_name="Euler", alwayson={TITLE: {"args": [True, "data:image/png;base64,bm90IGFuIGltYWdl", None]}})
-    assert any("could not decode" in record.getMessage() for record in caplog.records)
+    messages = [record.getMessage() for record in caplog.records if "could not decode" in record.getMessage()]
+    assert messages and messages[0].rstrip(". ").split(":")[-1].strip(), "the reason must not be empty"
 
 
 def test_bad_schedule_text_is_rejected_with_the_presets_named(fresh_state, caplog):

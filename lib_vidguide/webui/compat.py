@@ -118,7 +118,9 @@ def _decode_base64_image(text: str):
         try:
             return decode_base64_to_image(text)
         except Exception as error:
-            raise ValueError(f"could not decode a base64 image ({text[:32]!r}...): {error}") from error
+            # The host raises fastapi's HTTPException, whose str() is empty: its reason is in .detail.
+            reason = getattr(error, "detail", None) or str(error) or type(error).__name__
+            raise ValueError(f"could not decode a base64 image ({text[:32]!r}...): {reason}") from error
     try:
         data = text.split(",", 1)[1] if text.startswith("data:") else text
         image = Image.open(io.BytesIO(base64.b64decode(data)))

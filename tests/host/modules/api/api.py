@@ -142,18 +142,19 @@ def create_api_app() -> FastAPI:
     app.add_api_route("/sdapi/v1/img2img", img2img, methods=["POST"])
 
     def list_scripts():
+        # Every img2img script with a UI, AlwaysOn ones included (the stand-in has no txt2img runner).
         runner = scripts.scripts_img2img
-        return {"txt2img": [], "img2img": [s.name for s in runner.selectable_scripts]}
+        return {"txt2img": [], "img2img": [s.name for s in runner.scripts if s.name]}
 
     def script_info():
         runner = scripts.scripts_img2img
+
+        def arg(control):
+            return {key: getattr(control, key, None) for key in ("label", "value", "minimum", "maximum", "step", "choices")}
+
         return [
-            {
-                "name": script.name,
-                "is_alwayson": script.alwayson,
-                "is_img2img": True,
-                "args": [{"label": getattr(c, "label", None), "value": getattr(c, "value", None)} for c in script.controls or []],
-            }
+            {"name": script.name, "is_alwayson": script.alwayson, "is_img2img": True,
+             "args": [arg(control) for control in script.controls or []]}
             for script in runner.scripts
         ]
 
