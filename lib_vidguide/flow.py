@@ -379,10 +379,15 @@ def resize_flow(flow: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class FrameFlow:
-    """Everything the guidance needs from the source video for one frame (index ≥ 1)."""
+    """Everything the guidance needs from the source video for one frame (index ≥ 1).
+
+    ``anchor``: the same from the anchor frame (the run's first source frame) to this one,
+    when the prefetcher was asked for it (drift control guides toward the first output too).
+    """
 
     pair: FlowPair
     weight: np.ndarray
+    anchor: "FrameFlow | None" = None
 
 
 _END = object()
@@ -420,8 +425,14 @@ class FlowPrefetcher:
         max_ahead: int = 2,
         parallel: bool = False,
         weight_options: Mapping[str, Any] | None = None,
+        anchor: np.ndarray | str | None = None,
     ) -> None:
+        """``anchor``: None, "first" (the stream's first frame) or an RGB frame; with one, every
+        FrameFlow also carries the flows and weights from the anchor to that frame."""
         _check_method(method)
+        if isinstance(anchor, str) and anchor != "first":
+            raise ValueError(f"anchor must be None, 'first' or an RGB frame, got {anchor!r}")
+        self._anchor = anchor
         if weight_mode not in WEIGHT_MODES:
             raise ValueError(f"weight_mode {weight_mode!r} is not supported; choose one of {WEIGHT_MODES}")
         if int(max_ahead) < 1:
@@ -472,10 +483,13 @@ class FlowPrefetcher:
                     self._results.put(_END)
                     return
                 _check_rgb_frame(f"frame {index}", frame)
+                if isinstance(self._anchor, str):
+                    self._anchor = frame
                 frame_flow = None
                 if previous is not None:
-                    pair = bidirectional_flow(previous, frame, self.method, parallel=self._parallel)
-                    frame_flow = FrameFlow(pair, weight_map(pair, self.weight_mode, **self._weight_options))
+                    frame_flow = self._frame_flow(previous, frame)
+                    if self._anchor is not None:
+                        frame_flow.anchor = self._frame_flow(self._anchor, frame)
                 self._results.put((index, frame, frame_flow))
                 self._produced += 1
                 previous = frame
@@ -489,6 +503,10 @@ class FlowPrefetcher:
                     close_source()
                 except Exception:  # noqa: BLE001 - a source that fails to close must not hide the result
                     pass
+
+    def _frame_flow(self, earlier: np.ndarray, frame: np.ndarray) -> FrameFlow:
+        pair = bidirectional_flow(earlier, frame, self.method, parallel=self._parallel)
+        return FrameFlow(pair, weight_map(pair, self.weight_mode, **self._weight_options))
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, FrameFlow | None]]:
         return self

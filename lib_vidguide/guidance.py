@@ -125,37 +125,70 @@ class GuideTarget:
 
 @dataclass
 class StepRecord:
-    """What one guided denoiser call did (kept for tests, previews and reports)."""
+    """What one guided denoiser call did (kept for tests, previews and reports).
+
+    ``weight`` is the main guide's scalar weight, ``extra_weights`` those of the extra terms.
+    """
 
     timestep: float
     progress: float
     weight: float
     rule: str
+    extra_weights: tuple[float, ...] = ()
+
+
+@dataclass
+class GuideTerm:
+    """One guide with its own schedule and strength (drift control adds a second one)."""
+
+    target: GuideTarget
+    schedule: Schedule
+    strength: float
+    _on_device: tuple = ()
+
+    def __post_init__(self) -> None:
+        self.schedule = parse_schedule(self.schedule)
+        if not (0.0 <= float(self.strength) <= 1.0):
+            raise ValueError(f"guidance strength {self.strength} is outside [0, 1]")
+
+    def weight_at(self, progress: float) -> float:
+        return float(self.strength) * self.schedule(progress)
+
+    def like(self, output: "torch.Tensor"):
+        """The guide and weight map on the output's device and dtype, copied once per generation."""
+        key = (output.device, output.dtype)
+        if not self._on_device or self._on_device[0] != key:
+            self._on_device = (
+                key,
+                self.target.latent.to(device=output.device, dtype=output.dtype),
+                self.target.weight_map.to(device=output.device, dtype=output.dtype),
+            )
+        return self._on_device[1], self._on_device[2]
 
 
 @dataclass
 class StepGuidance:
     """Per-generation guidance state: feed it the denoiser input, then the output.
 
-    Progress is measured from the real noise level: 0 at the first denoiser
-    call of the run, 1 at timestep 0. The host's step counters lag and, with
-    DDIM, do not even reach their own totals (HOST_A1111.md §9).
+    Progress is measured from the real noise level: 0 at the first denoiser call of the
+    run, 1 at timestep 0. The host's step counters lag and, with DDIM, do not even reach
+    their own totals (HOST_A1111.md §9). ``extra`` terms are blended after the main one,
+    each with its own schedule: x0' = lerp(lerp(x0, k0, w0), k1, w1).
     """
 
     target: GuideTarget
     schedule: Schedule = field(default_factory=lambda: parse_schedule("seed_showcase"))
     strength: float = 1.0
     conventions: SamplerConventions | None = None
+    extra: list[GuideTerm] = field(default_factory=list)
     history: list[StepRecord] = field(default_factory=list)
     _x_t: "torch.Tensor | None" = None
-    _on_device: tuple = ()
     _timestep: float | None = None
     _start_timestep: float | None = None
 
     def __post_init__(self) -> None:
-        self.schedule = parse_schedule(self.schedule)
-        if not (0.0 <= float(self.strength) <= 1.0):
-            raise ValueError(f"guidance strength {self.strength} is outside [0, 1]")
+        self.main = GuideTerm(self.target, self.schedule, self.strength)
+        self.schedule = self.main.schedule
 
     def observe_input(self, x_t: "torch.Tensor", sigma: "torch.Tensor") -> None:
         """The per-image noisy latents and their noise level, before the model runs."""
@@ -172,36 +205,31 @@ class StepGuidance:
         return min(max((self._start_timestep - self._timestep) / self._start_timestep, 0.0), 1.0)
 
     def current_weight(self) -> float:
-        return float(self.strength) * self.schedule(self.progress())
+        return self.main.weight_at(self.progress())
 
     def apply(self, output: "torch.Tensor") -> "torch.Tensor":
         """Guide one after-CFG output (x0 or epsilon, per the conventions)."""
         if self._timestep is None:
             raise RuntimeError("StepGuidance.apply called before observe_input for this denoiser call")
-        scalar = self.current_weight()
         progress = self.progress()
-        if scalar == 0.0:
-            self.history.append(StepRecord(self._timestep, progress, 0.0, "skip"))
+        weights = [term.weight_at(progress) for term in [self.main, *self.extra]]
+        if not any(weights):
+            self.history.append(StepRecord(self._timestep, progress, 0.0, "skip", tuple(weights[1:])))
             return output
-        guide, weight_map = self._target_like(output)
-        weight = weight_map * scalar
-        if not self.conventions.output_is_eps:
-            self.history.append(StepRecord(self._timestep, progress, scalar, "x0"))
-            return blend_x0(output, guide, weight)
-        return self._apply_eps(output, guide, weight, scalar, progress)
+        rule = "x0"
+        for term, scalar in zip([self.main, *self.extra], weights):
+            if scalar == 0.0:
+                continue
+            guide, weight_map = term.like(output)
+            if self.conventions.output_is_eps:
+                guide, rule = self._eps_toward(guide, output)
+            output = blend_x0(output, guide, weight_map * scalar)
+        self.history.append(StepRecord(self._timestep, progress, weights[0], rule, tuple(weights[1:])))
+        return output
 
-    def _target_like(self, output):
-        """The guide and weight map on the output's device and dtype, copied once per generation."""
-        key = (output.device, output.dtype)
-        if not self._on_device or self._on_device[0] != key:
-            self._on_device = (
-                key,
-                self.target.latent.to(device=output.device, dtype=output.dtype),
-                self.target.weight_map.to(device=output.device, dtype=output.dtype),
-            )
-        return self._on_device[1], self._on_device[2]
-
-    def _apply_eps(self, eps, guide, weight, scalar, progress):
+    def _eps_toward(self, guide: "torch.Tensor", eps: "torch.Tensor"):
+        """The epsilon that moves this call's DDIM update onto ``guide`` (its x0, or at DDIM's
+        last call, where the schedule stops at alpha_bar[1] < 1, the updated latent itself)."""
         if self.conventions.alphas_cumprod is None or self._x_t is None:
             raise ValueError("epsilon-output samplers need alphas_cumprod and the denoiser input")
         alphas = self.conventions.alphas_cumprod
@@ -210,13 +238,8 @@ class StepGuidance:
         x_t = self._x_t.to(eps)
         previous_t = self._previous_ddim_timestep(t)
         if previous_t is not None and previous_t == self.conventions.ddim_timesteps[0]:
-            eps_guide = eps_landing_on(x_t, guide, alpha_bar, float(alphas[previous_t]))
-            rule = "eps-last"
-        else:
-            eps_guide = x0_to_eps(x_t, guide, alpha_bar)
-            rule = "eps"
-        self.history.append(StepRecord(self._timestep, progress, scalar, rule))
-        return blend_x0(eps, eps_guide, weight)
+            return eps_landing_on(x_t, guide, alpha_bar, float(alphas[previous_t])), "eps-last"
+        return x0_to_eps(x_t, guide, alpha_bar), "eps"
 
     def _previous_ddim_timestep(self, t: int) -> int | None:
         grid = self.conventions.ddim_timesteps

@@ -25,6 +25,7 @@ import numpy as np
 from lib_vidguide.flow import (
     DEFAULT_FLOW_METHOD,
     FLOW_METHODS,
+    FlowPair,
     backward_warp,
     bidirectional_flow,
     fb_occlusion,
@@ -130,6 +131,29 @@ def _as_unit_float(index: int, frame: np.ndarray) -> np.ndarray:
     return frame.astype(np.float32)
 
 
+def _pair_error(output_t: np.ndarray, output_next: np.ndarray, to_next: np.ndarray, visible: np.ndarray):
+    """One pair's term: mean over visible pixels (and channels) of (V_t - W(V_t+1))^2."""
+    channels = 1 if output_t.ndim == 2 else output_t.shape[2]
+    squared = np.square(output_t - backward_warp(output_next, to_next))
+    if squared.ndim == 3:
+        squared = squared.sum(axis=2)
+    if visible.any():
+        error = float(squared[visible].sum()) / (channels * int(visible.sum()))
+    else:
+        error = float(squared.sum()) / (channels * squared.size)
+    return error, float(visible.mean())
+
+
+def pair_warp_error(output_t: np.ndarray, output_next: np.ndarray, source_pair: FlowPair) -> tuple[float, float]:
+    """The warp error of one consecutive output pair, from the flows of its source pair (t -> t+1).
+
+    The same term as :func:`warp_error`, for callers that already have the source pair's flows
+    at the output size (the video engine's prefetcher): returns (error, visible fraction).
+    """
+    visible = ~fb_occlusion(source_pair.forward, source_pair.backward, WARP_ERROR_ALPHA, WARP_ERROR_BETA)
+    return _pair_error(_as_unit_float(0, output_t), _as_unit_float(1, output_next), source_pair.forward, visible)
+
+
 def warp_error(
     source_frames: Iterable[np.ndarray],
     output_frames: Iterable[np.ndarray],
@@ -168,20 +192,11 @@ def warp_error(
             f"{len(outputs)} frames at {size}; compute them with source_flows(source_frames, size={size})"
         )
 
-    channels = 1 if unit_outputs[0].ndim == 2 else unit_outputs[0].shape[2]
     per_pair, visible_fraction = [], []
     for t in range(len(unit_outputs) - 1):
-        warped_next = backward_warp(unit_outputs[t + 1], flows.to_next[t])
-        squared = np.square(unit_outputs[t] - warped_next)
-        if squared.ndim == 3:
-            squared = squared.sum(axis=2)
-        visible = flows.visible[t]
-        if visible.any():
-            error = float(squared[visible].sum()) / (channels * int(visible.sum()))
-        else:
-            error = float(squared.sum()) / (channels * squared.size)
+        error, fraction = _pair_error(unit_outputs[t], unit_outputs[t + 1], flows.to_next[t], flows.visible[t])
         per_pair.append(error)
-        visible_fraction.append(float(visible.mean()))
+        visible_fraction.append(fraction)
     mean = float(np.mean(per_pair))
     return WarpErrorReport(
         per_pair=per_pair,

@@ -447,3 +447,20 @@ def test_backward_warp_beats_the_seeds_own_warp_pooled_over_the_scenes(scenes):
         seeds.append(_warp_l1(flow.seed_warp(truth.frame1, estimate.forward), truth.frame2, visible))
     print(f"\npooled warp L1: backward {np.mean(ours):.3f}, seed (cubic) {np.mean(seeds):.3f}")
     assert np.mean(ours) < np.mean(seeds)
+
+
+def test_prefetcher_adds_the_anchor_flow_when_asked():
+    clip = make_clip(4, (64, 96), seed=2)
+    with flow.FlowPrefetcher(iter(clip.frames), anchor="first") as prefetcher:
+        items = list(prefetcher)
+    assert items[0][2] is None
+    for index in (1, 2, 3):
+        frame_flow = items[index][2]
+        direct = flow.bidirectional_flow(clip.frames[0], clip.frames[index])
+        np.testing.assert_allclose(frame_flow.anchor.pair.backward, direct.backward, atol=1e-5)
+        assert frame_flow.anchor.anchor is None
+    with flow.FlowPrefetcher(iter(clip.frames[1:]), anchor=clip.frames[0]) as prefetcher:
+        resumed = list(prefetcher)
+    np.testing.assert_allclose(resumed[1][2].anchor.pair.backward, items[2][2].anchor.pair.backward, atol=1e-5)
+    with flow.FlowPrefetcher(iter(clip.frames)) as prefetcher:
+        assert all(item[2] is None or item[2].anchor is None for item in prefetcher)

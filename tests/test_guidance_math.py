@@ -149,3 +149,41 @@ def test_real_k_diffusion_samplers_end_on_the_guide_with_full_weight(sampler):
     out = getattr(kds, sampler)(model, x, sigmas, disable=True)
     assert (out[..., :4] - k0[..., :4]).abs().max() <= 1e-4
     assert (out[..., 4:] - k0[..., 4:]).abs().mean() > 0.1
+
+
+def test_extra_terms_blend_after_the_main_one_in_x0_and_eps_space():
+    from lib_vidguide.guidance import GuideTerm
+
+    generator = torch.Generator().manual_seed(7)
+    x_t, out, k_main, k_extra = (torch.randn(1, 4, 8, 8, generator=generator) for _ in range(4))
+    ones = torch.ones(1, 1, 8, 8)
+    extra = [GuideTerm(GuideTarget(k_extra, ones), "constant", 0.25)]
+
+    x0_guidance = StepGuidance(GuideTarget(k_main, ones), "constant", 0.5,
+                               SamplerConventions(sigma_to_t=lambda s: s * 0 + 300), extra=list(extra))
+    x0_guidance.observe_input(x_t, torch.tensor([2.0]))
+    expected = torch.lerp(torch.lerp(out, k_main, 0.5), k_extra, 0.25)
+    torch.testing.assert_close(x0_guidance.apply(out), expected)
+    assert x0_guidance.history[-1].extra_weights == (0.25,)
+
+    grid = list(range(1, 1000, 100))
+    eps_guidance = StepGuidance(GuideTarget(k_main, ones), "constant", 0.5, _ddim_conventions(grid),
+                                extra=[GuideTerm(GuideTarget(k_extra, ones), "constant", 0.25)])
+    eps_guidance.observe_input(x_t, torch.tensor([401.0]))
+    a = float(_alphas_cumprod()[401])
+    x0_expected = torch.lerp(torch.lerp(eps_to_x0(x_t, out, a), k_main, 0.5), k_extra, 0.25)
+    torch.testing.assert_close(eps_to_x0(x_t, eps_guidance.apply(out), a), x0_expected, rtol=1e-4, atol=1e-4)
+
+
+def test_only_an_extra_term_still_guides_and_all_zero_skips():
+    from lib_vidguide.guidance import GuideTerm
+
+    k_extra = torch.full((1, 4, 2, 2), 3.0)
+    guidance = StepGuidance(GuideTarget(torch.zeros(1, 4, 2, 2), torch.ones(1, 1, 2, 2)), "constant", 0.0,
+                            SamplerConventions(sigma_to_t=lambda s: s * 0 + 100),
+                            extra=[GuideTerm(GuideTarget(k_extra, torch.ones(1, 1, 2, 2)), "constant", 1.0)])
+    guidance.observe_input(torch.zeros(1, 4, 2, 2), torch.tensor([1.0]))
+    assert torch.equal(guidance.apply(torch.zeros(1, 4, 2, 2)), k_extra)
+    guidance.extra[0].strength = 0.0
+    output = torch.zeros(1, 4, 2, 2)
+    assert guidance.apply(output) is output and guidance.history[-1].rule == "skip"

@@ -125,3 +125,16 @@ def test_rejects_bad_input(source, flows):
         warp_error(source[:3], source[:3], flows=flows)
     with pytest.raises(ValueError, match="flow method 'raft'"):
         warp_error(source[:2], source[:2], method="raft")
+
+
+def test_pair_warp_error_is_the_same_term_as_warp_error():
+    from lib_vidguide.flow import bidirectional_flow
+    from lib_vidguide.metrics import pair_warp_error, warp_error
+
+    clip = make_clip(4, (96, 128), seed=1)
+    outputs = [np.clip(frame.astype(int) + 10 * (i % 2), 0, 255).astype(np.uint8) for i, frame in enumerate(clip.frames)]
+    report = warp_error(clip.frames, outputs)
+    pairs = [pair_warp_error(outputs[t], outputs[t + 1], bidirectional_flow(clip.frames[t], clip.frames[t + 1]))
+             for t in range(3)]
+    assert [error for error, _ in pairs] == pytest.approx(report.per_pair, rel=1e-6)
+    assert [fraction for _, fraction in pairs] == pytest.approx(report.visible_fraction)
