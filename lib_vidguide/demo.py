@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path = "out", *, frames: int = 16, size: int = 128, 
     timings: dict[str, float] = {}
     for name, guidance in runs.items():
         settings = VideoSettings(guidance=guidance, seed=seed, crf=CRF)
-        renderer = DiffusersFrameRenderer(runner, params, guidance)
+        renderer = DiffusersFrameRenderer(runner, params, settings)
 
         def keep_weight(event, name=name):
             if name == "guided" and event.weight is not None:

@@ -14,9 +14,9 @@ from typing import Optional
 import numpy as np
 
 from .engine import FrameGuideInput, RenderedFrame
-from .frame_guide import build_guide_target
+from .frame_guide import guidance_for_frame
 from .guidance import SamplerConventions, StepGuidance
-from .settings import GuidanceSettings
+from .settings import VideoSettings
 
 logger = logging.getLogger("vidguide")
 
@@ -138,25 +138,28 @@ class _GuidedModel:
 class DiffusersFrameRenderer:
     """The engine's renderer on :class:`DiffusersImg2Img`; every frame uses the same seed."""
 
-    def __init__(self, runner: DiffusersImg2Img, params: Img2ImgParams, guidance: GuidanceSettings):
+    def __init__(self, runner: DiffusersImg2Img, params: Img2ImgParams, settings: VideoSettings,
+                 tagger_models_dir: Optional[str] = None):
         self.runner = runner
         self.params = params
-        self.guidance = guidance
+        self.settings = settings
+        self.tagger_models_dir = tagger_models_dir
         self.last_guidance: Optional[StepGuidance] = None
 
     def render(self, frame: np.ndarray, guide: Optional[FrameGuideInput], index: int) -> RenderedFrame:
         step_guidance = None
         if guide is not None:
-            target = build_guide_target(
-                self.guidance,
-                encode=self.runner.encode_rgb,
-                latent_hw=(frame.shape[0] // 8, frame.shape[1] // 8),
-                guide_rgb=guide.previous_output,
-                guide_latent=guide.previous_latent,
-                motion=guide.motion,
-            )
-            step_guidance = StepGuidance(target, self.guidance.parsed_schedule(), self.guidance.strength)
-        image, latent = self.runner.img2img(frame, self.params, step_guidance)
+            step_guidance = guidance_for_frame(self.settings, guide, encode=self.runner.encode_rgb,
+                                               latent_hw=(frame.shape[0] // 8, frame.shape[1] // 8))
+        params = self.params
+        if self.settings.tagger.enabled:
+            from dataclasses import replace
+
+            from .tagger import prompt_for_frame
+
+            params = replace(params, prompt=prompt_for_frame(params.prompt, frame, self.settings.tagger,
+                                                             self.tagger_models_dir))
+        image, latent = self.runner.img2img(frame, params, step_guidance)
         self.last_guidance = step_guidance
         return RenderedFrame(image, latent)
 
@@ -167,7 +170,7 @@ def run_video_file(source: str, output: str, *, model: str, params: Img2ImgParam
 
     plan_frames(source, settings)  # a bad input fails here, before the model loads
     runner = runner or DiffusersImg2Img(model, device)
-    renderer = DiffusersFrameRenderer(runner, params, settings.guidance)
+    renderer = DiffusersFrameRenderer(runner, params, settings)
     return run_video(source, output, renderer, settings, frames_dir=frames_dir, on_frame=on_frame)
 
 

@@ -6,6 +6,11 @@ decodes frame n+1 and computes its flows and weight map (they depend only on the
 source), so the guidance's CPU cost stays off the critical path. Rendering itself
 is delegated to a :class:`FrameRenderer`: the WebUI's ``process_images`` or the
 standalone diffusers runner.
+
+Every finished frame is kept on disk (a PNG, and its final latent when the renderer
+gives one, written before the PNG), so a run can be resumed from the last finished
+frame with exactly the state an uninterrupted run would have had: see
+:func:`load_resume_state`.
 """
 
 from __future__ import annotations
@@ -29,25 +34,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("vidguide")
 
+LATENTS_KEPT = 2  # the previous frame's latent is all a resume needs (plus the first frame's)
 
-@dataclass
-class FrameGuideInput:
-    """What frame n's guidance starts from: frame n-1's output and the motion since then."""
 
-    previous_output: np.ndarray
-    previous_latent: Optional["torch.Tensor"]
-    motion: "FrameFlow"
+class RenderInterrupted(Exception):
+    """Raised by a renderer whose frame was cut short (the host's Interrupt mid-frame): the
+    partial frame is not kept, and the run stops as interrupted."""
 
 
 @dataclass
 class RenderedFrame:
     image: np.ndarray  # RGB uint8 (H, W, 3)
     latent: Optional["torch.Tensor"] = None  # final latent, when the renderer can give it (latent-space warping)
+    skipped: bool = False  # the user skipped it: the image is a stand-in, not a diffused frame
+
+
+@dataclass
+class FrameGuideInput:
+    """What frame n's guidance starts from: frame n-1's output and the motion since then;
+    with drift control also the first output (``motion.anchor`` then holds the flow to it)."""
+
+    previous_output: np.ndarray
+    previous_latent: Optional["torch.Tensor"]
+    motion: "FrameFlow"
+    first: Optional[RenderedFrame] = None
 
 
 class FrameRenderer(Protocol):
     def render(self, frame: np.ndarray, guide: Optional[FrameGuideInput], index: int) -> RenderedFrame:
-        """Stylize one source frame; ``guide`` is None for the first frame or an unguided run."""
+        """Stylize one frame; ``guide`` is None for the first frame or an unguided run."""
 
 
 @dataclass
@@ -58,6 +73,17 @@ class FrameEvent:
     output: np.ndarray
     weight: Optional[np.ndarray]
     seconds: float
+    warp_error: Optional[float] = None
+    skipped: bool = False
+
+
+@dataclass
+class ResumeState:
+    """Where a run stopped: frames [0, done) are finished on disk."""
+
+    done: int
+    previous: RenderedFrame
+    first: RenderedFrame
 
 
 @dataclass
@@ -70,6 +96,8 @@ class VideoRunResult:
     interrupted: bool
     last_frame: Optional[np.ndarray] = None
     frame_seconds: list[float] = field(default_factory=list)
+    warp_error_pairs: list[float] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 @dataclass
@@ -82,6 +110,7 @@ class FramePlan:
     total: int
     size: tuple[int, int]
     fps: Fraction
+    source_fps: Fraction
 
 
 def plan_frames(source: str | os.PathLike, settings: VideoSettings) -> FramePlan:
@@ -94,11 +123,66 @@ def plan_frames(source: str | os.PathLike, settings: VideoSettings) -> FramePlan
     if settings.max_frames:
         total = min(total, settings.max_frames)
     stop = settings.start_frame + total * settings.every_nth if settings.max_frames else None
+    source_fps = Fraction(info.fps or 24)
     if settings.fps:
         fps = Fraction(settings.fps).limit_denominator(1001)
     else:
-        fps = Fraction(info.fps or 24) / settings.every_nth
-    return FramePlan(settings.start_frame, stop, settings.every_nth, total, size, fps)
+        fps = source_fps / settings.every_nth
+    return FramePlan(settings.start_frame, stop, settings.every_nth, total, size, fps, source_fps)
+
+
+def frame_path(frames_dir: str | os.PathLike, index: int) -> Path:
+    """Where frame ``index`` (0-based) of a run is kept: frame_000001.png for the first."""
+    return Path(frames_dir) / f"frame_{index + 1:06d}.png"
+
+
+def latent_path(frames_dir: str | os.PathLike, index: int) -> Path:
+    return Path(frames_dir) / "latents" / f"frame_{index + 1:06d}.safetensors"
+
+
+def finished_frames(frames_dir: str | os.PathLike) -> int:
+    """How many frames from the first on are finished (a contiguous run of PNGs)."""
+    count = 0
+    while frame_path(frames_dir, count).exists():
+        count += 1
+    return count
+
+
+def load_frame(frames_dir: str | os.PathLike, index: int) -> RenderedFrame:
+    from PIL import Image
+
+    with Image.open(frame_path(frames_dir, index)) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    latent = None
+    path = latent_path(frames_dir, index)
+    if path.exists():
+        from safetensors.torch import load_file
+
+        latent = load_file(str(path))["latent"]
+    return RenderedFrame(rgb, latent)
+
+
+def load_resume_state(frames_dir: str | os.PathLike) -> Optional[ResumeState]:
+    """The state to continue a run from, or None when no frame is finished yet."""
+    done = finished_frames(frames_dir)
+    if done == 0:
+        return None
+    return ResumeState(done, load_frame(frames_dir, done - 1), load_frame(frames_dir, 0))
+
+
+def _save_frame(frames_dir: Path, index: int, rendered: RenderedFrame) -> None:
+    from .atomic import save_png_atomic, write_bytes_atomic
+
+    if rendered.latent is not None:
+        # Before the PNG: a finished frame (its PNG exists) always has its latent too.
+        from safetensors.torch import save
+
+        data = save({"latent": rendered.latent.detach().float().cpu().contiguous()})
+        write_bytes_atomic(latent_path(frames_dir, index), data)
+        stale = latent_path(frames_dir, index - LATENTS_KEPT)
+        if index - LATENTS_KEPT > 0 and stale.exists():
+            stale.unlink()
+    save_png_atomic(frame_path(frames_dir, index), rendered.image)
 
 
 def run_video(
@@ -108,6 +192,9 @@ def run_video(
     settings: VideoSettings,
     *,
     frames_dir: Optional[str | os.PathLike] = None,
+    resume: Optional[ResumeState] = None,
+    init_frame_for: Optional[Callable[[int], np.ndarray]] = None,
+    measure: bool = True,
     on_plan: Optional[Callable[[FramePlan], None]] = None,
     on_frame: Optional[Callable[[FrameEvent], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
@@ -115,11 +202,13 @@ def run_video(
     """Render every planned frame of ``source`` and write an H.264 mp4 to ``output_path``.
 
     The mp4 appears at ``output_path`` only when every planned frame was written; an
-    interrupted run leaves no file there (the writer's temporary file is removed). With
-    ``frames_dir``, every finished frame is also saved there at once as a PNG
-    (``frame_000001.png``, written atomically), so an interrupted run keeps its work.
+    interrupted run leaves no file there. With ``frames_dir`` every finished frame is
+    saved there at once (PNG, plus its latent), and ``resume`` continues from them.
+    ``init_frame_for(index)`` gives the img2img input when it is not the source frame
+    (the second pass); flows always come from the source. ``measure`` accumulates the
+    warp error of consecutive outputs from the flows the prefetcher computed anyway.
     """
-    from .atomic import save_png_atomic
+    from .color import match_colors
     from .flow import FlowPrefetcher
     from .video_io import VideoWriter, iter_frames
 
@@ -128,39 +217,75 @@ def run_video(
         raise ValueError(
             f"no frames to render: the video has none at start frame {settings.start_frame}; lower the start frame"
         )
+    if resume is not None and frames_dir is None:
+        raise ValueError("resuming needs the frames folder of the interrupted run")
     if on_plan is not None:
         on_plan(plan)
-    frames = iter_frames(source, start=plan.start, stop=plan.stop, step=plan.step, size=plan.size)
+    done = resume.done if resume is not None else 0
+    frames_dir = Path(frames_dir) if frames_dir is not None else None
+    # Start the stream at the last finished frame: it is the flow partner of the next one.
+    offset = max(done - 1, 0)
+    frames = iter_frames(source, start=plan.start + offset * plan.step, stop=plan.stop, step=plan.step, size=plan.size)
     guided = settings.guidance.enabled
-    if guided:
-        # Both directions in two threads (FLOW.md §5.3): the prefetch of frame n+1 then costs about
-        # one direction's time, well inside frame n's diffusion.
-        stream = FlowPrefetcher(frames, method=settings.guidance.flow_method, weight_mode=settings.guidance.weight_mode,
-                                parallel=True)
+    drift = settings.drift
+    if guided or measure:
+        anchor = None
+        if guided and drift.first_frame_guide:
+            anchor = "first" if done == 0 else next(iter_frames(source, start=plan.start, stop=plan.start + 1,
+                                                                size=plan.size))
+        # Both directions in two threads (FLOW.md §5.3): the prefetch of frame n+1 then costs
+        # about one direction's time, well inside frame n's diffusion.
+        method = settings.guidance.flow_method if guided else "dis_medium"
+        stream = FlowPrefetcher(frames, method=method, weight_mode=settings.guidance.weight_mode, parallel=True,
+                                anchor=anchor)
     else:
         stream = _Unguided(frames)
 
     writer = VideoWriter(output_path, fps=plan.fps, size=plan.size, crf=settings.crf) if output_path else None
-    result = VideoRunResult(Path(output_path) if output_path else None, 0, plan.total, plan.fps, plan.size, False)
-    previous: Optional[RenderedFrame] = None
+    result = VideoRunResult(Path(output_path) if output_path else None, done, plan.total, plan.fps, plan.size, False,
+                            resumed_from=done)
+    previous = resume.previous if resume is not None else None
+    first = resume.first if resume is not None else None
     try:
+        if writer is not None:
+            for index in range(done):
+                writer.write(load_frame(frames_dir, index).image)
         with stream:
-            for index, frame, motion in stream:
+            for position, frame, motion in stream:
+                index = offset + position
                 if index >= plan.total:
                     break
+                if index < done:
+                    continue
                 if should_stop is not None and should_stop():
                     result.interrupted = True
                     break
                 started = time.perf_counter()
                 guide = None
                 if guided and previous is not None and motion is not None:
-                    guide = FrameGuideInput(previous.image, previous.latent, motion)
-                rendered = renderer.render(frame, guide, index)
+                    guide = FrameGuideInput(previous.image, previous.latent, motion,
+                                            first if drift.first_frame_guide else None)
+                init = init_frame_for(index) if init_frame_for is not None else frame
+                try:
+                    rendered = renderer.render(init, guide, index)
+                except RenderInterrupted:
+                    result.interrupted = True
+                    break
                 _check_rendered(rendered, plan.size, index)
+                if drift.color_correction and first is not None and not rendered.skipped:
+                    rendered = RenderedFrame(match_colors(rendered.image, first.image), rendered.latent)
+                pair_error = None
+                if measure and previous is not None and motion is not None:
+                    from .metrics import pair_warp_error
+
+                    pair_error, _ = pair_warp_error(previous.image, rendered.image, motion.pair)
+                    result.warp_error_pairs.append(pair_error)
                 if frames_dir is not None:
-                    save_png_atomic(frame_path(frames_dir, index), rendered.image)
+                    _save_frame(frames_dir, index, rendered)
                 if writer is not None:
                     writer.write(rendered.image)
+                if first is None:
+                    first = rendered
                 previous = rendered
                 seconds = time.perf_counter() - started
                 result.frames_written += 1
@@ -168,11 +293,14 @@ def run_video(
                 result.last_frame = rendered.image
                 if on_frame is not None:
                     on_frame(FrameEvent(index, plan.total, frame, rendered.image,
-                                        motion.weight if motion is not None else None, seconds))
-        if should_stop is not None and result.frames_written < plan.total and should_stop():
+                                        motion.weight if motion is not None else None, seconds, pair_error,
+                                        rendered.skipped))
+        if result.frames_written < plan.total and should_stop is not None and should_stop():
             result.interrupted = True
+        if result.last_frame is None and done:
+            result.last_frame = previous.image
         if writer is not None:
-            if result.interrupted or result.frames_written == 0:
+            if result.interrupted or result.frames_written < plan.total:
                 writer.abort()
                 result.output_path = None
             else:
@@ -182,11 +310,6 @@ def run_video(
             writer.abort()
         raise
     return result
-
-
-def frame_path(frames_dir: str | os.PathLike, index: int) -> Path:
-    """Where frame ``index`` (0-based) of a run is kept: frame_000001.png for the first."""
-    return Path(frames_dir) / f"frame_{index + 1:06d}.png"
 
 
 def _check_rendered(rendered: RenderedFrame, size: tuple[int, int], index: int) -> None:

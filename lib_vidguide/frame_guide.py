@@ -90,3 +90,23 @@ def build_guide_target(
         weight = torch.from_numpy(np.ascontiguousarray(resize_to_latent(motion.weight, latent_hw), dtype=np.float32))
         weight = weight.clamp(0.0, 1.0).reshape(1, 1, *latent_hw)
     return GuideTarget(latent=latent.float(), weight_map=weight)
+
+
+def guidance_for_frame(settings, guide, *, encode: EncodeFn, latent_hw: tuple[int, int]):
+    """The StepGuidance of one video frame: toward the warped previous output, and with drift
+    control also toward the first output warped from the first source frame.
+
+    ``settings``: VideoSettings; ``guide``: engine.FrameGuideInput.
+    """
+    from .guidance import GuideTerm, StepGuidance
+
+    guidance = settings.guidance
+    target = build_guide_target(guidance, encode=encode, latent_hw=latent_hw, guide_rgb=guide.previous_output,
+                                guide_latent=guide.previous_latent, motion=guide.motion)
+    extra = []
+    drift = settings.drift
+    if drift.first_frame_guide and guide.first is not None and guide.motion.anchor is not None:
+        anchor_target = build_guide_target(guidance, encode=encode, latent_hw=latent_hw, guide_rgb=guide.first.image,
+                                           guide_latent=guide.first.latent, motion=guide.motion.anchor)
+        extra.append(GuideTerm(anchor_target, drift.first_frame_schedule, drift.first_frame_strength))
+    return StepGuidance(target, guidance.parsed_schedule(), guidance.strength, extra=extra)

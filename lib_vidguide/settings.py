@@ -138,10 +138,56 @@ def args_to_mapping(args: Sequence[Any], names: Sequence[str]) -> dict:
     return dict(zip(names, args))
 
 
+TAGGER_FOLDER = "vidguide-tagger"
+Placement = Literal["prepend", "append"]
+
+
+class TaggerSettings(StrictModel):
+    """Booru tags of each source frame added to that frame's prompt (off by default)."""
+
+    enabled: bool = Field(False, description="Add the tagger's tags of each source frame to its prompt.")
+    model: str = Field(
+        "",
+        description=f"A folder name under models/{TAGGER_FOLDER} (holding model.onnx + selected_tags.csv), or a path to one.",
+    )
+    general_threshold: float = Field(0.35, ge=0.0, le=1.0, description="Minimum score of a general tag.")
+    character_threshold: float = Field(0.85, ge=0.0, le=1.0, description="Minimum score of a character tag.")
+    exclude: str = Field("", description="Comma-separated tags never added (spaces or underscores alike).")
+    placement: Placement = Field("prepend", description="Put the tags before (seed 001) or after the prompt.")
+    max_tags: int = Field(0, ge=0, le=500, description="At most this many tags, highest scores first; 0 = no limit.")
+    replace_underscores: bool = Field(True, description="long_hair -> long hair (emoticons such as ^_^ are kept).")
+    escape_parentheses: bool = Field(
+        True, description="Write ( ) [ ] as \\( \\) \\[ \\] so the WebUI does not read them as attention."
+    )
+    include_rating: bool = Field(False, description="Also add the most likely rating tag (general, sensitive, ...).")
+    use_cuda: bool = Field(False, description="Run on onnxruntime's CUDA provider when it is installed.")
+
+
+class DriftSettings(StrictModel):
+    """Against drift over long videos (seed 001's known issues: first-frame errors accumulate)."""
+
+    first_frame_guide: bool = Field(False, description="Also guide toward the first output, warped by the flow from the first source frame.")
+    first_frame_strength: float = Field(0.3, ge=0.0, le=1.0, description="Strength of the first-frame guide.")
+    first_frame_schedule: str = Field("linear_decay", description="Schedule of the first-frame guide (preset or table).")
+    color_correction: bool = Field(False, description="Match each output's colours to the first output's.")
+    second_pass: bool = Field(False, description="Run every output through a second, light guided img2img.")
+    second_pass_strength: float = Field(0.15, gt=0.0, le=1.0, description="Denoising strength of the second pass.")
+
+    @field_check("first_frame_schedule")
+    def _schedule_is_valid(cls, value: str) -> str:  # noqa: N805
+        return parse_schedule(value).to_text()
+
+    @property
+    def active(self) -> bool:
+        return self.first_frame_guide or self.color_correction or self.second_pass
+
+
 class VideoSettings(StrictModel):
     """A whole-video run: which frames, what size, and the guidance for frames 2..n."""
 
     guidance: GuidanceSettings = Field(default_factory=lambda: GuidanceSettings(enabled=True))
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    tagger: TaggerSettings = Field(default_factory=TaggerSettings)
     start_frame: int = Field(0, ge=0, description="First source frame to use (0-based).")
     max_frames: int = Field(0, ge=0, description="Stop after this many output frames; 0 = the whole video.")
     every_nth: int = Field(1, ge=1, le=1000, description="Use every n-th source frame.")

@@ -8,6 +8,11 @@ Frames are always RGB ``uint8`` arrays of shape ``(height, width, 3)``.
 * :class:`VideoWriter` encodes H.264 mp4 into a temporary file and renames it
   into place only when it was closed cleanly: a crash never leaves a
   half-written file under the requested name.
+* Audio: ``VideoWriter(..., audio_from=SOURCE, audio_start_s=...)`` or
+  :func:`mux_audio` put the source's matching audio segment into the output
+  (copied when it can be, else cut to the sample and encoded to AAC), with
+  PyAV alone; :func:`frame_time_s` gives a start frame's time from the
+  container's timestamps.
 
 Every problem with the caller's input raises :class:`VideoInputError`, a
 ``ValueError``; PyAV's own exceptions do not escape for bad input.
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import dataclasses
+import heapq
 import logging
 import math
 import os
@@ -42,11 +49,14 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
+    "AudioMuxResult",
     "FrameReader",
     "VideoInfo",
     "VideoInputError",
     "VideoWriter",
+    "frame_time_s",
     "iter_frames",
+    "mux_audio",
     "probe",
     "read_all_frames",
     "write_video",
@@ -671,10 +681,14 @@ class VideoWriter:
     ``+faststart`` so browsers can play them while downloading, and a BT.601
     (SD) or BT.709 (HD) colour tag matching the conversion used.
 
-    Audio is not written yet.  The container is opened in ``__init__`` but its
-    header is written only with the first frame, so a later audio track can be
-    added with ``self._container.add_stream_from_template`` before that point
-    and muxed in :meth:`close` through :meth:`_mux`.
+    Audio: with ``audio_from=SOURCE`` the finished video is remuxed in
+    :meth:`close` with SOURCE's audio from ``audio_start_s`` (seconds after
+    SOURCE's first video frame; :func:`frame_time_s` gives it for a start
+    frame), cut to the video's duration (and to ``audio_duration_s`` when
+    given), see :func:`mux_audio`.  The result, with notes for the user, is in
+    :attr:`audio`.  A source without audio is not an error.  If adding the
+    audio fails, the finished video is still saved, without audio, and
+    :attr:`audio` says why: an hour of rendering is never lost to its sound.
     """
 
     def __init__(
@@ -687,12 +701,19 @@ class VideoWriter:
         pix_fmt: str = "yuv420p",
         *,
         codec_options: Mapping[str, str] | None = None,
+        audio_from: PathLike | None = None,
+        audio_start_s: float = 0.0,
+        audio_duration_s: float | None = None,
     ) -> None:
         import av
 
         if path is None or str(path).strip() == "":
             raise VideoInputError("No output path was given for the video.")
         self.path = Path(path).expanduser().absolute()
+        # Checked now, not in close(): a wrong audio path should fail before the render, not after it.
+        self._audio_from = None if audio_from is None else _checked_input_path(audio_from)
+        self._audio_start_s, self._audio_duration_s = _checked_audio_segment(audio_start_s, audio_duration_s)
+        self.audio: AudioMuxResult | None = None
         self.fps = _checked_fps(fps)
         self.size = _checked_size(size, "size")
         if isinstance(crf, bool) or not isinstance(crf, (int, float)) or not 0 <= crf <= 63:
@@ -742,23 +763,10 @@ class VideoWriter:
         return width + (-width) % step_x, height + (-height) % step_y
 
     def _create_temp_file(self) -> Path:
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise VideoInputError(f"Cannot write '{self.path}': the folder '{folder}' does not exist.")
-        # Same folder, so os.replace is an atomic rename; same suffix, so FFmpeg picks the same muxer.
-        temp_path = folder / f".{self.path.stem}.{secrets.token_hex(4)}.part{self.path.suffix}"
-        try:
-            # O_EXCL: never reuse someone else's file; 0o666 honours the umask, unlike mkstemp's 0o600.
-            os.close(os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except OSError as exc:
-            raise VideoInputError(f"Cannot write in '{folder}': {exc.strerror or exc}.") from exc
-        return temp_path
+        return _temp_file_beside(self.path)
 
     def _remove_temp_file(self) -> None:
-        try:
-            os.unlink(self._temp_path)
-        except FileNotFoundError:
-            pass
+        _remove_quietly(self._temp_path)
 
     def _add_video_stream(self) -> None:
         width, height = self.encoded_size  # type: ignore[misc]
@@ -848,11 +856,42 @@ class VideoWriter:
                 raise VideoInputError(f"No frames were written to '{self.path}'; nothing was saved.")
             self._mux(self._stream.encode(None))
             self._container.close()
+            if self._audio_from is not None:
+                self._add_audio()
             os.replace(self._temp_path, self.path)
         except BaseException:
             self.abort()
             raise
         self._closed = True
+
+    def _add_audio(self) -> None:
+        """Replace the finished video-only temporary file by one with the source's audio."""
+        video_duration_s = self.frames_written / self.fps
+        muxed_path = _temp_file_beside(self.path)
+        try:
+            self.audio = _mux_into(
+                self._temp_path,
+                self._audio_from,
+                muxed_path,
+                start_s=self._audio_start_s,
+                duration_s=self._audio_duration_s,
+                video_duration_s=float(video_duration_s),
+                frame_s=float(1 / self.fps),
+            )
+            if self.audio.has_audio:
+                os.replace(muxed_path, self._temp_path)
+        except Exception as exc:  # noqa: BLE001 - the video itself is fine; keep it (see the class doc)
+            logger.warning("Could not add the audio of '%s' to '%s'; saving the video without it.",
+                           self._audio_from, self.path, exc_info=True)
+            self.audio = AudioMuxResult(
+                path=self.path, has_audio=False, method=None, codec=None, source_codec=None,
+                start_s=self._audio_start_s, duration_s=0.0, video_duration_s=float(video_duration_s),
+                notes=(f"The audio of '{self._audio_from}' could not be added ({exc}); the video was saved "
+                       "without sound. Add it afterwards with video_io.mux_audio or a video editor.",),
+            )
+        finally:
+            _remove_quietly(muxed_path)
+        self.audio = dataclasses.replace(self.audio, path=self.path)
 
     def abort(self) -> None:
         """Discard everything written so far; ``path`` is left as it was."""
@@ -897,3 +936,594 @@ def write_video(
         for frame in frames:
             writer.write(frame)
     return writer.frames_written
+
+
+# --------------------------------------------------------------------------- audio
+#
+# The engine streams rendered frames into a VideoWriter; the source's audio is added afterwards by
+# remuxing the finished video-only file (its packets are copied, never re-encoded) together with the
+# matching audio segment into a second temporary file, which is then renamed onto the final name.
+#
+# Copy or transcode: the audio is stream-copied only when the whole audio track belongs in the
+# output unchanged: its codec plays in a browser from that container, it starts with the first
+# rendered frame, and it ends no later than half a frame after the video. Every other case (a start
+# frame, every-Nth frames with a shorter result, audio longer than the video, an offset audio start,
+# PCM/MP3/Opus/Vorbis/ALAC/FLAC in an mp4) is decoded and re-encoded with a sample-accurate cut: packet
+# copies cannot cut inside a packet (1024 samples of AAC, 21-23 ms, more than a frame at 60 fps) and
+# a stream copied from the middle loses the decoder pre-roll, which clicks.
+
+# Audio codecs copied unchanged, per output container: those browsers play there (the WebUI shows
+# the result in a <video> element); everything else is transcoded to the container's encoder. MP3 in
+# mp4 is transcoded too: its encoder delay is not in the mp4 header, so a copied track measured 16 ms
+# longer than its source, a whole frame at 60 fps.
+_AUDIO_POLICY_MP4 = (frozenset({"aac"}), "aac")
+_AUDIO_POLICIES: dict[str, tuple[frozenset[str], str]] = {
+    ".webm": (frozenset({"opus", "vorbis"}), "libopus"),
+    ".mkv": (frozenset({"aac", "mp3", "opus", "vorbis", "flac"}), "aac"),
+}
+_AUDIO_BIT_RATE_PER_CHANNEL = {"aac": 96_000, "libopus": 64_000}
+
+# Audio timestamps further than this from the running sample count are a real gap (or overlap) in
+# the stream; closer ones are rounding (Matroska stores milliseconds) and are ignored, which keeps
+# the samples contiguous instead of clicking at every frame.
+_AUDIO_RESYNC_S = 0.010
+# Decoding starts this long before the cut: AAC/MP3/Opus need a packet or two of pre-roll to
+# reproduce the first samples exactly.
+_AUDIO_PREROLL_S = 0.5
+# Packets read past the wanted frame before the presentation order of the first frames is certain
+# (B-frame reordering is never deeper than 16 frames in H.264/HEVC).
+_MAX_REORDER = 32
+# Starts closer than this count as "the same instant": container timestamp rounding, far below a frame.
+_SAME_INSTANT_S = 0.0005
+
+
+@dataclass(frozen=True)
+class AudioMuxResult:
+    """What :func:`mux_audio` (or ``VideoWriter(audio_from=...)``) did with the source's audio.
+
+    ``method`` is ``"copy"`` (packets copied unchanged), ``"transcode"`` (decoded,
+    cut sample-accurately and re-encoded as ``codec``) or None when no audio was
+    written.  ``start_s`` is where the segment starts, in seconds after the
+    source's first video frame; ``duration_s`` is the duration of the output's
+    audio track and ``video_duration_s`` that of its video.  ``notes`` says
+    anything the user should know (no audio, several tracks, an offset start,
+    drift after a frame-rate change ...).
+    """
+
+    path: Path
+    has_audio: bool
+    method: str | None
+    codec: str | None
+    source_codec: str | None
+    start_s: float
+    duration_s: float
+    video_duration_s: float
+    notes: tuple[str, ...] = ()
+
+
+def _checked_audio_segment(start_s: Any, duration_s: Any) -> tuple[float, float | None]:
+    def number(value: Any) -> float:
+        if isinstance(value, bool):
+            return math.nan
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    start = number(start_s)
+    if not math.isfinite(start) or start < 0:
+        raise VideoInputError(
+            f"audio_start_s must be a number of seconds >= 0, got {start_s!r}. "
+            "Use frame_time_s(source, start_frame) for the time of a start frame."
+        )
+    if duration_s is None:
+        return start, None
+    duration = number(duration_s)
+    if not math.isfinite(duration) or duration <= 0:
+        raise VideoInputError(
+            f"audio_duration_s must be a positive number of seconds or None, got {duration_s!r}."
+        )
+    return start, duration
+
+
+def _temp_file_beside(path: Path) -> Path:
+    """Create an empty hidden temporary file next to ``path`` (same suffix) and return its path."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise VideoInputError(f"Cannot write '{path}': the folder '{folder}' does not exist.")
+    # Same folder, so os.replace is an atomic rename; same suffix, so FFmpeg picks the same muxer.
+    temp_path = folder / f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}"
+    try:
+        # O_EXCL: never reuse someone else's file; 0o666 honours the umask, unlike mkstemp's 0o600.
+        os.close(os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise VideoInputError(f"Cannot write in '{folder}': {exc.strerror or exc}.") from exc
+    return temp_path
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _video_presentation_times(container: Any, stream: Any, count: int) -> list[float]:
+    """Presentation times (s, container timeline) of the first ``count`` frames, from packet timestamps.
+
+    Only packets are read, nothing is decoded.  Packets the demuxer marks as
+    discarded (before an mp4 edit list's start) are not frames the reader yields.
+    """
+    import av
+
+    stamps: list[int] = []
+    wanted = count + _MAX_REORDER
+    try:
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None or getattr(packet, "is_discard", False):
+                continue
+            stamps.append(stamp)
+            if len(stamps) >= wanted:
+                break
+    except av.error.FFmpegError:
+        pass  # a damaged file: the times read so far are still right
+    stamps.sort()
+    return [float(stamp * stream.time_base) for stamp in stamps[:count]]
+
+
+def frame_time_s(path: PathLike, index: int) -> float:
+    """When frame ``index`` (0-based, as :func:`iter_frames` counts) is shown, in seconds after frame 0.
+
+    Read from the container's timestamps, so it is right for variable frame
+    rate videos too, where ``index / fps`` drifts.  Pass it as the audio start
+    (``VideoWriter(audio_from=..., audio_start_s=...)`` or :func:`mux_audio`)
+    when a render starts at a later frame.  Cost: the packets up to that frame
+    are read (not decoded), a fraction of the time decoding them takes.  Past
+    the last frame, the time is extrapolated at the average frame rate.
+    """
+    index = _checked_index(index, "index", 0)
+    container, stream, _ = _open_input(path)
+    try:
+        times = _video_presentation_times(container, stream, index + 1)
+        fps = _frame_rate(stream) or Fraction(25)
+    finally:
+        container.close()
+    if not times:  # no timestamps at all (raw streams): the nominal rate is all there is
+        return float(index / fps)
+    if index < len(times):
+        return times[index] - times[0]
+    return times[-1] - times[0] + float((index - len(times) + 1) / fps)
+
+
+def _audio_policy(path: Path) -> tuple[frozenset[str], str]:
+    suffix = path.suffix.lower()
+    if suffix in _MP4_SUFFIXES:
+        return _AUDIO_POLICY_MP4
+    return _AUDIO_POLICIES.get(suffix, (frozenset({"aac"}), "aac"))
+
+
+def _describe_audio_stream(stream: Any) -> str:
+    codec = stream.codec_context.name if stream.codec_context is not None else "unknown codec"
+    language = (stream.metadata or {}).get("language")
+    return f"{codec}, {language}" if language and language != "und" else codec
+
+
+def _pick_audio_stream(container: Any) -> tuple[Any, list[str]]:
+    """The audio stream to use (the default one, else the first) and notes about the choice."""
+    import av
+
+    streams = list(container.streams.audio)
+    if not streams:
+        return None, []
+    defaults = [s for s in streams if s.disposition & av.stream.Disposition.default]
+    chosen = (defaults or streams)[0]
+    notes = []
+    if len(streams) > 1:
+        kind = "default" if defaults else "first"
+        notes.append(
+            f"The source has {len(streams)} audio tracks; the {kind} one (track {streams.index(chosen) + 1}: "
+            f"{_describe_audio_stream(chosen)}) is used and the others are left out."
+        )
+    return chosen, notes
+
+
+def _video_origin_s(path: Path) -> float:
+    """Container time of the source's first video frame: the instant the audio segment is measured from.
+
+    0 for a pure audio file.  Read in its own pass so the audio demuxer starts
+    at the beginning of the file.
+    """
+    import av
+
+    with av.open(str(path), mode="r", metadata_errors="replace") as container:
+        attached_pic = av.stream.Disposition.attached_pic
+        videos = [s for s in container.streams.video if not (s.disposition & attached_pic)]
+        if not videos:
+            return 0.0
+        times = _video_presentation_times(container, videos[0], 1)
+        if times:
+            return times[0]
+        stream = videos[0]
+        return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def _audio_extent_s(stream: Any) -> tuple[float | None, float | None]:
+    """(start, end) of an audio stream on the container timeline when its header says so."""
+    if stream.start_time is None or stream.time_base is None:
+        return None, None
+    start = float(stream.start_time * stream.time_base)
+    if not stream.duration:
+        return start, None
+    return start, start + float(stream.duration * stream.time_base)
+
+
+class _SampleChunker:
+    """Collect float32 planar samples and hand them out in encoder frames of ``frame_size``."""
+
+    def __init__(self, channels: int, frame_size: int) -> None:
+        self.channels = channels
+        self.frame_size = frame_size
+        self._parts: list[np.ndarray] = []
+        self._buffered = 0
+
+    def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        self._parts.append(samples)
+        self._buffered += samples.shape[1]
+        if self._buffered < self.frame_size:
+            return
+        joined = np.concatenate(self._parts, axis=1)
+        usable = joined.shape[1] - joined.shape[1] % self.frame_size
+        for offset in range(0, usable, self.frame_size):
+            yield joined[:, offset : offset + self.frame_size]
+        rest = joined[:, usable:]
+        self._parts, self._buffered = [rest], rest.shape[1]
+
+    def push_silence(self, count: int) -> Iterator[np.ndarray]:
+        # In frame-sized pieces: a late audio start can mean minutes of silence.
+        while count > 0:
+            piece = min(count, self.frame_size)
+            yield from self.push(np.zeros((self.channels, piece), dtype=np.float32))
+            count -= piece
+
+    def flush(self) -> Iterator[np.ndarray]:
+        if self._buffered:
+            yield np.concatenate(self._parts, axis=1)
+        self._parts, self._buffered = [], 0
+
+
+class _AudioTranscoder:
+    """Decode an audio stream, cut [start, start + length) sample-accurately, re-encode it."""
+
+    def __init__(self, source: Any, in_stream: Any, output: Any, encoder_name: str) -> None:
+        import av
+
+        self.source, self.in_stream = source, in_stream
+        self.notes: list[str] = []
+        encoder = av.codec.Codec(encoder_name, "w")
+        context = in_stream.codec_context
+        # len(channels): AudioLayout.nb_channels only exists from PyAV 13.
+        channels = len(context.layout.channels) if context.layout is not None else 2
+        self.layout = "mono" if channels == 1 else "stereo"
+        if channels > 2:
+            self.notes.append(f"The {channels}-channel audio was mixed down to stereo.")
+        rate = context.sample_rate or 48000
+        rates = encoder.audio_rates
+        if rates and rate not in rates:
+            new_rate = 48000 if 48000 in rates else max(rates)
+            self.notes.append(f"The audio was resampled from {rate} Hz to {new_rate} Hz for {encoder_name}.")
+            rate = new_rate
+        self.rate = rate
+        formats = [f.name for f in encoder.audio_formats or []]
+        self.format = "fltp" if not formats or "fltp" in formats else "flt"
+        if self.format not in formats and formats:
+            raise VideoInputError(f"The audio encoder {encoder_name} takes none of fltp/flt ({formats}).")
+        self.stream = output.add_stream(encoder_name, rate=rate, layout=self.layout)
+        self.stream.codec_context.format = self.format
+        self.stream.codec_context.bit_rate = _AUDIO_BIT_RATE_PER_CHANNEL.get(encoder_name, 96_000) * (
+            1 if self.layout == "mono" else 2
+        )
+        # Opened now (not at the first frame) to learn the encoder's frame size.
+        self.stream.codec_context.open()
+        self.codec = self.stream.codec_context.name
+        self.samples_written = 0
+        self.leading_silence = 0
+
+    def packets(self, start_s: float, length_s: float) -> Iterator[Any]:
+        """Encoded packets of the segment; ``samples_written`` counts the samples in them."""
+        import av
+
+        rate = self.rate
+        window_start = round(start_s * rate)
+        window_end = window_start + round(length_s * rate)
+        resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=rate)
+        frame_size = self.stream.codec_context.frame_size or 1024
+        chunker = _SampleChunker(1 if self.layout == "mono" else 2, frame_size)
+        next_abs = window_start  # absolute sample index the next output sample belongs to
+        position: int | None = None  # absolute sample index of the next decoded sample
+        skipped_packets = 0
+
+        if start_s - _AUDIO_PREROLL_S > 0:
+            try:
+                self.source.seek(
+                    int((start_s - _AUDIO_PREROLL_S) / self.in_stream.time_base),
+                    stream=self.in_stream,
+                    backward=True,
+                )
+            except av.error.FFmpegError:
+                pass  # not seekable: decode from the start, which is only slower
+
+        def place(samples: np.ndarray) -> Iterator[np.ndarray]:
+            """Put decoded samples at ``position``: silence before them, overlap and excess cut."""
+            nonlocal next_abs, position
+            count = samples.shape[1]
+            begin, end = position, position + count
+            position = end
+            if begin > next_abs:  # a gap, or the audio starting after the first frame
+                silence = min(begin, window_end) - next_abs
+                if next_abs == window_start:
+                    self.leading_silence = silence
+                yield from chunker.push_silence(silence)
+                next_abs += silence
+            low, high = max(begin, next_abs), min(end, window_end)
+            if high > low:
+                yield from chunker.push(np.ascontiguousarray(samples[:, low - begin : high - begin]))
+                next_abs = high
+
+        def encode(pieces: Iterator[np.ndarray]) -> Iterator[Any]:
+            for piece in pieces:
+                if self.format == "flt":  # interleaved
+                    piece = piece.T.reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece, dtype=np.float32),
+                                                   format=self.format, layout=self.layout)
+                frame.sample_rate = rate
+                frame.time_base = Fraction(1, rate)
+                frame.pts = self.samples_written
+                self.samples_written += frame.samples
+                yield from self.stream.encode(frame)
+
+        try:
+            for packet in self.source.demux(self.in_stream):
+                if next_abs >= window_end:
+                    break
+                try:
+                    decoded = self.in_stream.decode(packet)
+                except av.error.FFmpegError:
+                    skipped_packets += 1  # a damaged packet: its samples become a gap of silence
+                    continue
+                for frame in decoded:
+                    stamp = frame.time
+                    if stamp is not None:
+                        stamped = round(stamp * rate)
+                        if position is None or abs(stamped - position) > _AUDIO_RESYNC_S * rate:
+                            position = stamped
+                    elif position is None:
+                        position = 0
+                    for converted in resampler.resample(frame):
+                        yield from encode(place(converted.to_ndarray()))
+        except av.error.FFmpegError:
+            self.notes.append("The audio stream ends early (damaged or truncated file); the rest is silent.")
+        if next_abs < window_end and position is not None:
+            for converted in resampler.resample(None):
+                yield from encode(place(converted.to_ndarray()))
+        yield from encode(chunker.flush())
+        yield from self.stream.encode(None)
+        if skipped_packets:
+            self.notes.append(f"{skipped_packets} damaged audio packets were replaced by silence.")
+
+
+def _interleaved(*packet_streams: Iterable[Any]) -> Iterator[Any]:
+    """Merge per-stream packet sequences in decoding-time order, as a player reads them.
+
+    FFmpeg's muxer would interleave on its own, but only by buffering one stream
+    until the other catches up: the whole video if the audio came last.
+    """
+    return heapq.merge(*packet_streams, key=lambda packet: packet.dts * packet.time_base)
+
+
+def _copied_packets(source: Any, in_stream: Any, out_stream: Any, shift: int = 0) -> Iterator[Any]:
+    for packet in source.demux(in_stream):
+        if packet.dts is None:  # the demuxer's end-of-stream marker
+            continue
+        if shift:
+            packet.dts -= shift
+            if packet.pts is not None:
+                packet.pts -= shift
+        packet.stream = out_stream
+        yield packet
+
+
+def _mux_into(
+    video_path: Path,
+    audio_source: Path,
+    dest: Path,
+    *,
+    start_s: float,
+    duration_s: float | None,
+    video_duration_s: float | None = None,
+    frame_s: float | None = None,
+) -> AudioMuxResult:
+    """Write ``video_path``'s video and ``audio_source``'s audio segment into the existing file ``dest``.
+
+    Nothing is written when the source has no usable audio (``has_audio`` is
+    then False and ``notes`` says why); the caller owns ``dest`` either way.
+    """
+    import av
+
+    video_in, video_stream, _ = _open_input(video_path)
+    try:
+        if video_duration_s is None:
+            if video_stream.duration is not None:
+                video_duration_s = float(video_stream.duration * video_stream.time_base)
+            else:
+                video_duration_s = (video_in.duration or 0) / av.time_base
+        if frame_s is None:
+            frame_s = float(1 / (_frame_rate(video_stream) or Fraction(25)))
+
+        def no_audio(*notes: str, source_codec: str | None = None) -> AudioMuxResult:
+            return AudioMuxResult(
+                dest, False, None, None, source_codec, start_s, 0.0, video_duration_s, tuple(notes)
+            )
+
+        try:
+            source = av.open(str(audio_source), mode="r", metadata_errors="replace")
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+            raise _unreadable_error(audio_source, exc) from exc
+        with source:
+            audio_stream, notes = _pick_audio_stream(source)
+            if audio_stream is None:
+                return no_audio(f"'{audio_source.name}' has no audio track; the video is silent.")
+            if audio_stream.codec_context is None:
+                return no_audio(
+                    *notes,
+                    f"The audio codec of '{audio_source.name}' is not supported by this FFmpeg/PyAV build; "
+                    "the video is silent. Convert the audio to AAC and add it with a video editor.",
+                )
+            # The codec's own name ("mp3"), not its decoder's ("mp3float").
+            source_codec = audio_stream.codec_context.codec.canonical_name
+
+            origin_s = _video_origin_s(audio_source)
+            window_start_s = origin_s + start_s
+            length_s = video_duration_s
+            if duration_s is not None:
+                if abs(duration_s - video_duration_s) > frame_s:
+                    notes.append(
+                        f"The video lasts {video_duration_s:.3f} s but covers {duration_s:.3f} s of the "
+                        "source "
+                        "(a changed frame rate): the audio plays at normal speed from the first frame and "
+                        "drifts out of sync."
+                    )
+                length_s = min(duration_s, video_duration_s)
+            audio_start, audio_end = _audio_extent_s(audio_stream)
+            if audio_end is not None and audio_end <= window_start_s:
+                return no_audio(
+                    *notes,
+                    f"The audio ends at {audio_end - origin_s:.3f} s, before the rendered part starts "
+                    f"({start_s:.3f} s); the video is silent.",
+                    source_codec=source_codec,
+                )
+            if audio_start is not None and audio_start >= window_start_s + length_s:
+                return no_audio(
+                    *notes,
+                    f"The audio starts at {audio_start - origin_s:.3f} s, after the rendered part ends "
+                    f"({start_s + length_s:.3f} s); the video is silent.",
+                    source_codec=source_codec,
+                )
+
+            copyable, encoder_name = _audio_policy(dest)
+            copy = (
+                source_codec in copyable
+                and audio_start is not None
+                and audio_end is not None
+                and abs(audio_start - window_start_s) <= _SAME_INSTANT_S
+                and audio_end - window_start_s <= length_s + frame_s / 2
+            )
+
+            output = av.open(str(dest), mode="w", options=_container_options(dest))
+            with output:
+                video_out = _add_stream_like(output, video_stream)
+                video_packets = _copied_packets(video_in, video_stream, video_out)
+                if copy:
+                    audio_out = _add_stream_like(output, audio_stream)
+                    shift = round(window_start_s / audio_stream.time_base)
+                    audio_packets = _copied_packets(source, audio_stream, audio_out, shift)
+                    _mux_all(output, _interleaved(video_packets, audio_packets))
+                    audio_duration_s = audio_end - audio_start
+                    codec, method = source_codec, "copy"
+                else:
+                    transcoder = _AudioTranscoder(source, audio_stream, output, encoder_name)
+                    # Where the header knows the audio's end, stop there: decoders also return the
+                    # encoder's padding after it (up to a packet of near-silence).
+                    wanted_s = length_s if audio_end is None else min(length_s, audio_end - window_start_s)
+                    audio_packets = transcoder.packets(window_start_s, wanted_s)
+                    _mux_all(output, _interleaved(video_packets, audio_packets))
+                    notes.extend(transcoder.notes)
+                    audio_duration_s = transcoder.samples_written / transcoder.rate
+                    codec, method = transcoder.codec, "transcode"
+                    if transcoder.leading_silence:
+                        delay_s = transcoder.leading_silence / transcoder.rate
+                        notes.append(
+                            f"The audio starts {delay_s:.3f} s after the first frame; that gap is silent, "
+                            "as in the source."
+                        )
+            if audio_duration_s < length_s - frame_s:
+                notes.append(
+                    f"The audio ({audio_duration_s:.3f} s) ends before the video ({video_duration_s:.3f} s); "
+                    "the rest of the video is silent."
+                )
+            return AudioMuxResult(dest, True, method, codec, source_codec, start_s, audio_duration_s,
+                                  video_duration_s, tuple(notes))
+    finally:
+        video_in.close()
+
+
+def _add_stream_like(output: Any, template: Any) -> Any:
+    """An output stream with ``template``'s codec parameters, for copying its packets."""
+    add_from_template = getattr(output, "add_stream_from_template", None)
+    if add_from_template is not None:
+        return add_from_template(template)
+    return output.add_stream(template=template)  # PyAV < 14
+
+
+def _container_options(path: Path) -> dict[str, str]:
+    # +faststart: the index goes first, so browsers play the file while it downloads.
+    return {"movflags": "+faststart"} if path.suffix.lower() in _MP4_SUFFIXES else {}
+
+
+def _mux_all(output: Any, packets: Iterable[Any]) -> None:
+    for packet in packets:
+        output.mux(packet)
+
+
+def mux_audio(
+    video_path: PathLike,
+    audio_source: PathLike,
+    output_path: PathLike | None = None,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    delete_video: bool = False,
+) -> AudioMuxResult:
+    """Write ``video_path``'s video with ``audio_source``'s audio to ``output_path``, atomically.
+
+    The audio segment starts ``start_s`` seconds after ``audio_source``'s first
+    video frame (:func:`frame_time_s` converts a start frame, exactly for
+    variable frame rates) and is cut where the video ends, or after
+    ``duration_s`` if that is shorter.  So the output's audio lasts as long as
+    its video (within a frame), or less if the source's audio is shorter.
+    Audio that starts after the first frame keeps its delay as silence.
+
+    The audio is copied unchanged when the whole track fits (see the section
+    comment above: same start, no longer than the video, a codec browsers play
+    in that container); otherwise it is cut sample-accurately and encoded to
+    AAC (Opus for .webm).  The video packets are always copied, never
+    re-encoded.  Of several audio tracks the default one is used.
+
+    ``output_path`` None rewrites ``video_path`` in place.  The result appears
+    under ``output_path`` only when complete (temporary file + rename); on any
+    error nothing is left there and an older file of that name is kept.  With
+    ``delete_video`` the video-only input is removed after success.  A source
+    without audio is not an error: the output is the video alone and the
+    result's ``notes`` say so.  No ffmpeg program is needed, only PyAV.
+    """
+    video = _checked_input_path(video_path)
+    source = _checked_input_path(audio_source)
+    output = video if output_path is None else Path(output_path).expanduser().absolute()
+    start, duration = _checked_audio_segment(start_s, duration_s)
+    temp_path = _temp_file_beside(output)
+    try:
+        result = _mux_into(video, source, temp_path, start_s=start, duration_s=duration)
+        if result.has_audio:
+            os.replace(temp_path, output)
+        elif output != video:
+            import shutil
+
+            shutil.copyfile(video, temp_path)
+            os.replace(temp_path, output)
+    except BaseException:
+        _remove_quietly(temp_path)
+        raise
+    _remove_quietly(temp_path)
+    if delete_video and output != video:
+        _remove_quietly(video)
+    return dataclasses.replace(result, path=output)

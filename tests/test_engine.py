@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 from videos import moving_pattern, write_clip
 
 from lib_vidguide.engine import RenderedFrame, plan_frames, run_video
@@ -111,3 +112,127 @@ def test_frame_selection_size_and_fps(clip, tmp_path):
 def test_start_past_the_end_is_a_clear_error(clip, tmp_path):
     with pytest.raises(ValueError, match="lower the start frame"):
         run_video(clip, tmp_path / "out.mp4", RecordingRenderer(), VideoSettings(start_frame=50))
+
+
+class StatefulRenderer:
+    """Output = frame blended with the warped previous output, plus a latent derived from both:
+    any difference in the guidance state (previous output, latent, flows) changes the result."""
+
+    def __init__(self):
+        self.guides = []
+
+    def render(self, frame, guide, index):
+        import torch
+
+        from lib_vidguide.flow import backward_warp
+
+        self.guides.append(guide)
+        image = frame.astype(np.float32)
+        if guide is not None:
+            warped = backward_warp(guide.previous_output, guide.motion.pair.backward).astype(np.float32)
+            bias = float(guide.previous_latent.mean()) if guide.previous_latent is not None else 0.0
+            image = 0.5 * image + 0.5 * warped + bias
+        latent = torch.full((1, 4, 8, 8), float(image.mean()) / 100.0 + index)
+        return RenderedFrame(np.clip(image, 0, 255).astype(np.uint8), latent)
+
+
+def test_a_resumed_run_gives_the_same_frames_as_an_uninterrupted_one(clip, tmp_path):
+    from lib_vidguide.engine import finished_frames, load_resume_state
+
+    # Lossless H.264: lossy x264 itself encodes identical frames slightly differently now and
+    # then in a long-lived process (8 distinct decodes in 60 tries measured); at CRF 0 the
+    # decoded video is exactly its frames.
+    settings = VideoSettings(crf=0)
+    full = run_video(clip, tmp_path / "full.mp4", StatefulRenderer(), settings, frames_dir=tmp_path / "full")
+    assert full.frames_written == 6 and len(full.warp_error_pairs) == 5
+
+    stop = {"now": False}
+    first = run_video(clip, tmp_path / "part.mp4", StatefulRenderer(), settings, frames_dir=tmp_path / "part",
+                      on_frame=lambda event: stop.update(now=event.index == 2), should_stop=lambda: stop["now"])
+    assert first.interrupted and finished_frames(tmp_path / "part") == 3
+    state = load_resume_state(tmp_path / "part")
+    assert state.done == 3 and state.previous.latent is not None
+    # The previous frame's latent (and the first frame's, for drift control) is all a resume needs.
+    assert sorted(p.name for p in (tmp_path / "part" / "latents").iterdir()) == [
+        "frame_000001.safetensors", "frame_000002.safetensors", "frame_000003.safetensors"]
+    renderer = StatefulRenderer()
+    second = run_video(clip, tmp_path / "part.mp4", renderer, settings, frames_dir=tmp_path / "part", resume=state)
+    assert not second.interrupted and second.resumed_from == 3 and second.frames_written == 6
+    assert [g is not None for g in renderer.guides] == [True, True, True]
+    for index in range(6):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "full" / f"frame_{index + 1:06d}.png")),
+                              np.asarray(Image.open(tmp_path / "part" / f"frame_{index + 1:06d}.png")))
+    assert np.array_equal(np.stack(read_all_frames(tmp_path / "full.mp4")), np.stack(read_all_frames(tmp_path / "part.mp4")))
+    assert second.warp_error_pairs == pytest.approx(full.warp_error_pairs[2:])
+
+
+def test_resuming_a_finished_run_only_rebuilds_the_video(clip, tmp_path):
+    from lib_vidguide.engine import load_resume_state
+
+    run_video(clip, None, StatefulRenderer(), VideoSettings(), frames_dir=tmp_path / "frames")
+    renderer = StatefulRenderer()
+    result = run_video(clip, tmp_path / "out.mp4", renderer, VideoSettings(), frames_dir=tmp_path / "frames",
+                       resume=load_resume_state(tmp_path / "frames"))
+    assert renderer.guides == [] and result.output_path.exists() and probe(result.output_path).frame_count == 6
+
+
+class TintingRenderer(RecordingRenderer):
+    """Drifts: each frame comes back redder than the last."""
+
+    def render(self, frame, guide, index):
+        rendered = super().render(frame, guide, index)
+        tinted = rendered.image.astype(int)
+        tinted[..., 0] += 12 * index
+        return RenderedFrame(np.clip(tinted, 0, 255).astype(np.uint8), None)
+
+
+def test_first_frame_guide_gets_the_first_output_and_the_flow_from_the_first_frame(clip, tmp_path):
+    from lib_vidguide.settings import DriftSettings
+
+    renderer = RecordingRenderer()
+    run_video(clip, None, renderer, VideoSettings(drift=DriftSettings(first_frame_guide=True)),
+              frames_dir=tmp_path / "frames")
+    first_output = np.asarray(Image.open(tmp_path / "frames" / "frame_000001.png"))
+    for index in range(1, 6):
+        guide = renderer.calls[index][2]
+        assert np.array_equal(guide.first.image, first_output)
+        # The texture pans 2 px per frame: from frame `index` back to the first, 2*index px.
+        assert np.median(guide.motion.anchor.pair.backward[..., 0]) == pytest.approx(-2.0 * index, abs=0.5)
+
+
+def test_colour_correction_holds_the_first_outputs_colours(clip, tmp_path):
+    from lib_vidguide.settings import DriftSettings
+
+    drifts = {}
+    for corrected in (False, True):
+        frames_dir = tmp_path / str(corrected)
+        run_video(clip, None, TintingRenderer(), VideoSettings(drift=DriftSettings(color_correction=corrected)),
+                  frames_dir=frames_dir)
+        red = [np.asarray(Image.open(frames_dir / f"frame_{i:06d}.png"))[..., 0].mean() for i in range(1, 7)]
+        drifts[corrected] = red[-1] - red[0]
+    assert drifts[False] > 40.0
+    # Matching L, a and b histograms one by one does not keep RGB means exactly: most of the tint goes.
+    assert abs(drifts[True]) < 0.2 * drifts[False], drifts
+
+
+def test_init_frames_from_elsewhere_with_the_sources_flows(clip, tmp_path):
+    renderer = RecordingRenderer()
+    replacement = np.full((64, 64, 3), 40, np.uint8)
+    result = run_video(clip, None, renderer, VideoSettings(), init_frame_for=lambda index: replacement + index)
+    assert result.frames_written == 6
+    out = renderer.calls  # the renderer inverted what it was given
+    assert np.array_equal(out[3][1], 255 - (replacement + 2))
+
+
+def test_a_frame_cut_short_is_not_kept(clip, tmp_path):
+    from lib_vidguide.engine import RenderInterrupted, finished_frames
+
+    class CutShort(RecordingRenderer):
+        def render(self, frame, guide, index):
+            if index == 2:
+                raise RenderInterrupted()
+            return super().render(frame, guide, index)
+
+    result = run_video(clip, tmp_path / "out.mp4", CutShort(), VideoSettings(), frames_dir=tmp_path / "frames")
+    assert result.interrupted and result.output_path is None
+    assert finished_frames(tmp_path / "frames") == 2

@@ -22,6 +22,12 @@ def data_path() -> Path:
     return Path(paths_internal.data_path)
 
 
+def models_path() -> Path:
+    from modules import paths_internal
+
+    return Path(paths_internal.models_path)
+
+
 def allowed_roots() -> list[Path]:
     """--vidguide-allowed-roots, or by default the WebUI's outputs and a vidguide-inputs folder."""
     configured = parse_roots(cmd_option("vidguide_allowed_roots", ""))

@@ -19,11 +19,10 @@ from typing import Any, Optional
 import numpy as np
 from modules import scripts
 
-from ..engine import FrameEvent, FrameGuideInput, FramePlan, RenderedFrame, run_video
-from ..frame_guide import build_guide_target
-from ..guidance import StepGuidance
+from ..engine import FrameEvent, FrameGuideInput, FramePlan, RenderedFrame, RenderInterrupted, run_video
+from ..frame_guide import guidance_for_frame
 from ..paths import resolve_inside
-from ..settings import GuidanceSettings, VideoSettings, args_to_mapping, guidance_from_values
+from ..settings import VideoSettings, args_to_mapping, guidance_from_values
 from . import compat, hooks, host, ui
 
 logger = logging.getLogger("vidguide")
@@ -79,10 +78,11 @@ def output_directory() -> Path:
 class WebUIFrameRenderer:
     """Renders one frame with the host's process_images, guided by the previous output."""
 
-    def __init__(self, p: Any, guidance: GuidanceSettings, base_seed: int):
+    def __init__(self, p: Any, settings: VideoSettings, base_seed: int):
         self.p = p
-        self.guidance = guidance
+        self.settings = settings
         self.base_seed = base_seed
+        self.base_prompt = p.prompt
 
     def render(self, frame: np.ndarray, guide: Optional[FrameGuideInput], index: int) -> RenderedFrame:
         import torch
@@ -91,19 +91,16 @@ class WebUIFrameRenderer:
 
         p = self.p
         p.init_images = [Image.fromarray(frame)]
-        p._vg_capture_latent = self.guidance.warp_space == "latent"
+        if self.settings.tagger.enabled:
+            from ..tagger import prompt_for_frame, tagger_models_dir
+
+            p.prompt = prompt_for_frame(self.base_prompt, frame, self.settings.tagger, tagger_models_dir(host.models_path()))
+        p._vg_capture_latent = self.settings.guidance.warp_space == "latent"
         p._vg_last_latent = None
         step_guidance = None
         if guide is not None:
-            target = build_guide_target(
-                self.guidance,
-                encode=lambda rgb: compat.encode_rgb(p.sd_model, rgb),
-                latent_hw=(p.height // 8, p.width // 8),
-                guide_rgb=guide.previous_output,
-                guide_latent=guide.previous_latent,
-                motion=guide.motion,
-            )
-            step_guidance = StepGuidance(target, self.guidance.parsed_schedule(), self.guidance.strength)
+            step_guidance = guidance_for_frame(self.settings, guide, encode=lambda rgb: compat.encode_rgb(p.sd_model, rgb),
+                                               latent_hw=(p.height // 8, p.width // 8))
             hooks.activate(p, step_guidance)
         # The host encodes the init image by *sampling* the VAE posterior with the global RNG;
         # seeding it per frame makes every frame reproducible on its own (and so resumable).
@@ -112,11 +109,29 @@ class WebUIFrameRenderer:
             processed = processing.process_images(p)
         finally:
             hooks.deactivate(step_guidance)
+        from modules.shared import state
+
+        if state.interrupted or getattr(state, "stopping_generation", False):
+            # The host stopped sampling mid-frame and returned a half-denoised picture: not a frame.
+            raise RenderInterrupted()
+        if state.skipped:
+            state.skipped = False
+            return RenderedFrame(self._stand_in(frame, guide), None, skipped=True)
         images = processed.images[getattr(processed, "index_of_first_image", 0):]
         if not images:
             raise RuntimeError(f"frame {index + 1}: the WebUI returned no image (was it interrupted?)")
         image = np.asarray(images[0].convert("RGB"), dtype=np.uint8)
         return RenderedFrame(image, getattr(p, "_vg_last_latent", None))
+
+
+    @staticmethod
+    def _stand_in(frame: np.ndarray, guide: Optional[FrameGuideInput]) -> np.ndarray:
+        """A skipped frame's picture: the previous output moved by the flow, else the source frame."""
+        if guide is None:
+            return frame
+        from ..flow import backward_warp
+
+        return backward_warp(guide.previous_output, guide.motion.pair.backward)
 
 
 class VidGuideVideoScript(scripts.Script):
@@ -142,8 +157,8 @@ class VidGuideVideoScript(scripts.Script):
             p.do_not_save_grid = True
             p._vg_video_owned = True
             output = output_directory() / f"{time.strftime('%Y%m%d-%H%M%S')}-{p.seed}.mp4"
-            renderer = WebUIFrameRenderer(p, settings.guidance, p.seed)
             settings = VideoSettings.from_dict({**settings.to_dict(), "width": p.width, "height": p.height})
+            renderer = WebUIFrameRenderer(p, settings, p.seed)
 
             def on_plan(plan: FramePlan) -> None:
                 # Set before the first process_images, which then keeps it and counts frames.
