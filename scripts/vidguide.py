@@ -1,8 +1,14 @@
-"""sd-webui-vidguide's entry point: the scripts the WebUI registers.
+"""sd-webui-vidguide's entry point: the scripts and callbacks the WebUI registers.
 
 The extension root is on sys.path only while this file is imported, so the package is
-imported here, at the top.
+imported here, at the top. Callbacks are registered here too: the WebUI clears them on
+every (re)load of the scripts and re-runs this file, not the package's modules.
 """
 
+from modules import script_callbacks
+
+from lib_vidguide.webui import api as vidguide_api
 from lib_vidguide.webui.alwayson import VidGuideFlowScript  # noqa: F401
 from lib_vidguide.webui.video_script import VidGuideVideoScript  # noqa: F401
+
+script_callbacks.on_app_started(vidguide_api.on_app_started)

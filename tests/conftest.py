@@ -39,3 +39,28 @@ def fresh_state(webui):
     webui.reset()
     yield webui
     webui.reset()
+
+
+@pytest.fixture(scope="session")
+def standin_url(webui):
+    """The stand-in WebUI's API (--nowebui mode, this extension's routes included) served by
+    uvicorn on a loopback port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from modules.api.api import create_api_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_api_app(), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

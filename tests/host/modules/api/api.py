@@ -166,6 +166,10 @@ def create_api_app() -> FastAPI:
         return {"progress": 0 if state.job_count == 0 else state.job_no / max(state.job_count, 1), "state": state.dict()}
 
     app.add_api_route("/sdapi/v1/scripts", list_scripts, methods=["GET"])
+    # As webui.py does in --nowebui mode: extensions add their routes with demo=None.
+    from modules import script_callbacks
+
+    script_callbacks.app_started_callback(None, app)
     app.add_api_route("/sdapi/v1/script-info", script_info, methods=["GET"])
     app.add_api_route("/sdapi/v1/interrupt", interrupt, methods=["POST"])
     app.add_api_route("/sdapi/v1/progress", progress, methods=["GET"])

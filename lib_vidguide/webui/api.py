@@ -1,0 +1,266 @@
+"""REST API under /vidguide/v1 (added in on_app_started; works with --nowebui).
+
+Routes added this way do not get the WebUI's ``--api-auth``: this module checks it itself
+(HTTP Basic, constant-time comparison). Paths sent by callers must lie inside the allowed
+roots; uploads are streamed to disk with a size limit.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route functions' annotations,
+# and those name classes imported inside build_router.
+import base64
+import binascii
+import logging
+import secrets
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+from pydantic import Field
+
+from .. import __version__
+from ..jobs import JobError, JobNotFound, JobSettings, JobStatus
+from ..paths import PathNotAllowedError, resolve_inside
+from ..settings import StrictModel
+from ..video_io import VideoInputError
+from . import host, jobs_host
+
+logger = logging.getLogger("vidguide")
+
+PREFIX = "/vidguide/v1"
+UPLOAD_CHUNK = 1 << 20
+
+
+class JobCreateRequest(StrictModel):
+    """A new job from a video on the server (inside the allowed roots) or sent inline."""
+
+    settings: JobSettings = Field(default_factory=JobSettings)
+    source_path: Optional[str] = Field(None, max_length=4096, description="A video file on the server, inside the allowed roots.")
+    source_base64: Optional[str] = Field(None, description="A video sent inline: base64, or a data: URL (small files).")
+    name: str = Field("", max_length=200)
+
+
+class JobInfo(StrictModel):
+    job_id: str
+    name: str
+    status: JobStatus
+    queue_position: Optional[int] = Field(None, description="0 while running, n when n-th in the queue.")
+    frames_done: int
+    frames_total: int
+    second_pass_done: int
+    progress: float = Field(description="Fraction of the job done, 0..1 (both passes counted).")
+    seed: int
+    warp_error_x1000: Optional[float] = Field(None, description="Temporal warp error of the output (lower is steadier).")
+    output_url: Optional[str] = None
+    error: Optional[str] = None
+    audio_notes: List[str] = Field(default_factory=list)
+    created: float
+    updated: float
+
+
+class JobList(StrictModel):
+    jobs: List[JobInfo]
+
+
+class Deleted(StrictModel):
+    deleted: str
+
+
+class Health(StrictModel):
+    version: str
+    running_job: Optional[str] = None
+
+
+def job_info(manifest) -> JobInfo:
+    passes = 2 if manifest.settings.video.drift.second_pass else 1
+    total = max(1, manifest.frames_total * passes)
+    done = manifest.frames_done + manifest.second_pass_done
+    return JobInfo(
+        job_id=manifest.job_id, name=manifest.name, status=manifest.status,
+        queue_position=jobs_host.worker().position(manifest.job_id),
+        frames_done=manifest.frames_done, frames_total=manifest.frames_total,
+        second_pass_done=manifest.second_pass_done, progress=round(min(1.0, done / total), 6), seed=manifest.seed,
+        warp_error_x1000=manifest.warp_error_x1000,
+        output_url=f"{PREFIX}/jobs/{manifest.job_id}/output" if manifest.status == "done" else None,
+        error=manifest.error, audio_notes=list(manifest.audio_notes), created=manifest.created, updated=manifest.updated,
+    )
+
+
+def api_credentials() -> dict[str, str]:
+    """user -> password from --api-auth ("user:pass,user2:pass2"), as the WebUI parses it."""
+    text = host.cmd_option("api_auth", None) or ""
+    credentials = {}
+    for entry in text.split(","):
+        if ":" in entry:
+            user, password = entry.split(":", 1)
+            credentials[user] = password
+    return credentials
+
+
+def build_router():
+    from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+    from fastapi.responses import FileResponse
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    basic = HTTPBasic(auto_error=False)
+
+    def require_auth(credentials: Optional[HTTPBasicCredentials] = Depends(basic)) -> None:
+        allowed = api_credentials()
+        if not allowed:
+            return
+        if credentials is not None:
+            expected = allowed.get(credentials.username)
+            if expected is not None and secrets.compare_digest(credentials.password.encode(), expected.encode()):
+                return
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    router = APIRouter(prefix=PREFIX, tags=["VidGuide"], dependencies=[Depends(require_auth)])
+
+    def http_error(error: Exception) -> HTTPException:
+        if isinstance(error, JobNotFound):
+            return HTTPException(status_code=404, detail=str(error))
+        if isinstance(error, PathNotAllowedError):
+            return HTTPException(status_code=403, detail=str(error))
+        if isinstance(error, (JobError, VideoInputError, ValueError)):
+            return HTTPException(status_code=422, detail=str(error))
+        return HTTPException(status_code=500, detail=f"{type(error).__name__}: {error}")
+
+    def max_upload_bytes() -> int:
+        return int(host.cmd_option("vidguide_max_upload_mb", 2048)) * (1 << 20)
+
+    def too_large() -> HTTPException:
+        return HTTPException(status_code=413, detail=(
+            f"the video is larger than the upload limit of {max_upload_bytes() >> 20} MB; put it in an allowed "
+            "folder on the server and send source_path, or raise --vidguide-max-upload-mb"))
+
+    def start(source: Path, settings: JobSettings, *, copy: bool, name: str) -> JobInfo:
+        try:
+            job = jobs_host.job_store().create(source, settings, copy_source=copy, name=name)
+        except Exception as error:  # noqa: BLE001 - every bad input becomes a 4xx with its message
+            raise http_error(error) from error
+        jobs_host.worker().submit(job.job_id)
+        return job_info(job.manifest)
+
+    @router.get("/health", response_model=Health, summary="Version and the running job")
+    def health() -> Health:
+        return Health(version=__version__, running_job=jobs_host.worker().running)
+
+    @router.post("/jobs", response_model=JobInfo, summary="Start a video job from a server path or an inline video")
+    def create_job(request: JobCreateRequest) -> JobInfo:
+        if bool(request.source_path) == bool(request.source_base64):
+            raise HTTPException(status_code=422, detail="give exactly one of source_path or source_base64")
+        if request.source_path:
+            try:
+                source = resolve_inside(request.source_path, host.allowed_roots(), what="video")
+            except PathNotAllowedError as error:
+                raise http_error(error) from error
+            if not source.is_file():
+                raise HTTPException(status_code=422, detail=f"no video file at {request.source_path!r}")
+            return start(source, request.settings, copy=False, name=request.name)
+        payload = request.source_base64.split(",", 1)[1] if request.source_base64.startswith("data:") else request.source_base64
+        if len(payload) * 3 // 4 > max_upload_bytes():
+            raise too_large()
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise HTTPException(status_code=422, detail="source_base64 is not valid base64") from error
+        with tempfile.TemporaryDirectory(prefix="vidguide-upload-") as folder:
+            path = Path(folder) / "upload.video"
+            path.write_bytes(data)
+            return start(path, request.settings, copy=True, name=request.name or "upload")
+
+    @router.post("/jobs/upload", response_model=JobInfo, summary="Start a video job from an uploaded file")
+    def upload_job(file: UploadFile = File(...), settings: str = Form("{}"), name: str = Form("")) -> JobInfo:
+        import json
+
+        try:
+            parsed = JobSettings.from_dict(json.loads(settings or "{}"))
+        except (ValueError, TypeError) as error:
+            raise HTTPException(status_code=422, detail=f"settings: {error}") from error
+        limit = max_upload_bytes()
+        suffix = Path(file.filename or "upload").suffix.lower()[:8] or ".video"
+        with tempfile.TemporaryDirectory(prefix="vidguide-upload-") as folder:
+            path = Path(folder) / f"upload{suffix}"
+            written = 0
+            with open(path, "wb") as out:
+                while True:
+                    chunk = file.file.read(UPLOAD_CHUNK)
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    if written > limit:
+                        raise too_large()
+                    out.write(chunk)
+            return start(path, parsed, copy=True, name=name or Path(file.filename or "upload").stem)
+
+    @router.get("/jobs", response_model=JobList, summary="All jobs, newest first")
+    def list_jobs() -> JobList:
+        return JobList(jobs=[job_info(manifest) for manifest in jobs_host.job_store().list()])
+
+    def get_job(job_id: str):
+        try:
+            return jobs_host.job_store().get(job_id)
+        except JobError as error:
+            raise http_error(error) from error
+
+    @router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job's status and progress")
+    def job_status(job_id: str) -> JobInfo:
+        return job_info(get_job(job_id).manifest)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobInfo,
+                 summary="Stop a job after its current frame (finished frames are kept)")
+    def cancel_job(job_id: str) -> JobInfo:
+        job = get_job(job_id)
+        outcome = jobs_host.worker().cancel(job_id)
+        if outcome == "dequeued":
+            job.manifest.status = "interrupted"
+            job.save()
+        return job_info(jobs_host.job_store().get(job_id).manifest)
+
+    @router.post("/jobs/{job_id}/resume", response_model=JobInfo, summary="Continue an interrupted or failed job")
+    def resume_job(job_id: str) -> JobInfo:
+        job = get_job(job_id)
+        if job.manifest.status == "done":
+            raise HTTPException(status_code=409, detail=f"job {job_id!r} is already done")
+        if job.manifest.status in ("queued", "running") and jobs_host.worker().position(job_id) is not None:
+            raise HTTPException(status_code=409, detail=f"job {job_id!r} is already queued or running")
+        try:
+            job.check_source()
+            jobs_host.worker().submit(job_id)
+        except JobError as error:
+            raise http_error(error) from error
+        job.manifest.status = "queued"
+        job.save()
+        return job_info(job.manifest)
+
+    @router.get("/jobs/{job_id}/output", summary="Download the finished video (mp4)",
+                responses={200: {"content": {"video/mp4": {}}}})
+    def job_output(job_id: str):
+        job = get_job(job_id)
+        try:
+            path = jobs_host.output_file(job)
+        except JobError as error:
+            raise HTTPException(status_code=409, detail=str(error)) from error
+        return FileResponse(str(path), media_type="video/mp4", filename=f"{job.manifest.name or job_id}.mp4")
+
+    @router.delete("/jobs/{job_id}", response_model=Deleted, summary="Delete a job and its files")
+    def delete_job(job_id: str) -> Deleted:
+        get_job(job_id)
+        if jobs_host.worker().position(job_id) is not None:
+            raise HTTPException(status_code=409, detail=f"job {job_id!r} is queued or running; cancel it first")
+        try:
+            jobs_host.job_store().delete(job_id)
+        except JobError as error:
+            raise HTTPException(status_code=409, detail=str(error)) from error
+        return Deleted(deleted=job_id)
+
+    return router
+
+
+def on_app_started(demo, app) -> None:
+    """script_callbacks.on_app_started: ``demo`` is None under --nowebui."""
+    app.include_router(build_router())
+    logger.info("[+] VidGuide %s: API at %s (docs in the app's /docs)", __version__, PREFIX)
+
+
+__all__ = ["PREFIX", "build_router", "on_app_started"]
