@@ -464,3 +464,13 @@ def test_prefetcher_adds_the_anchor_flow_when_asked():
     np.testing.assert_allclose(resumed[1][2].anchor.pair.backward, items[2][2].anchor.pair.backward, atol=1e-5)
     with flow.FlowPrefetcher(iter(clip.frames)) as prefetcher:
         assert all(item[2] is None or item[2].anchor is None for item in prefetcher)
+
+
+def test_flows_do_not_depend_on_what_was_computed_before():
+    """OpenCV's DIS re-tunes itself on small images; a cached instance must not carry that over."""
+    pair = make_pair("translation", (128, 160), seed=0)
+    gray1, gray2 = flow.rgb_to_gray(pair.frame1), flow.rgb_to_gray(pair.frame2)
+    before = flow.compute_flow(gray1, gray2)
+    tiny = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    flow.compute_flow(tiny, tiny)
+    np.testing.assert_array_equal(flow.compute_flow(gray1, gray2), before)
