@@ -98,6 +98,7 @@ class VideoRunResult:
     frame_seconds: list[float] = field(default_factory=list)
     warp_error_pairs: list[float] = field(default_factory=list)
     resumed_from: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -113,11 +114,19 @@ class FramePlan:
     source_fps: Fraction
 
 
+MIN_SIZE = 64  # the WebUI's smallest width/height
+
+
 def plan_frames(source: str | os.PathLike, settings: VideoSettings) -> FramePlan:
     from .video_io import probe
 
     info = probe(source)
     size = settings.output_size(info.width, info.height)
+    if min(size) < MIN_SIZE:
+        raise ValueError(
+            f"the output would be {size[0]}x{size[1]} (the video is {info.width}x{info.height}); VidGuide renders at "
+            f"least {MIN_SIZE}x{MIN_SIZE}: set the output width and height to {MIN_SIZE} or more"
+        )
     available = max(0, info.frame_count - settings.start_frame)
     total = -(-available // settings.every_nth)
     if settings.max_frames:
@@ -250,6 +259,7 @@ def run_video(
         if writer is not None:
             for index in range(done):
                 writer.write(load_frame(frames_dir, index).image)
+        source_ended_early = False
         with stream:
             for position, frame, motion in stream:
                 index = offset + position
@@ -295,12 +305,21 @@ def run_video(
                     on_frame(FrameEvent(index, plan.total, frame, rendered.image,
                                         motion.weight if motion is not None else None, seconds, pair_error,
                                         rendered.skipped))
-        if result.frames_written < plan.total and should_stop is not None and should_stop():
-            result.interrupted = True
+            else:
+                source_ended_early = result.frames_written < plan.total
+        if source_ended_early and not result.interrupted:
+            # A truncated file decodes fewer frames than its header promised: the video made of
+            # every decodable frame is complete, and says so.
+            problems = "; ".join(getattr(frames, "problems", []) or [])
+            result.notes.append(
+                f"the source ended after {result.frames_written} of the {plan.total} frames its header announces "
+                f"(truncated or damaged file){': ' + problems if problems else ''}"
+            )
+            result.total_frames = result.frames_written
         if result.last_frame is None and done:
             result.last_frame = previous.image
         if writer is not None:
-            if result.interrupted or result.frames_written < plan.total:
+            if result.interrupted or result.frames_written < result.total_frames or result.frames_written == 0:
                 writer.abort()
                 result.output_path = None
             else:

@@ -93,6 +93,7 @@ class JobManifest(StrictModel):
     output: Optional[str] = None
     error: Optional[str] = None
     audio_notes: List[str] = Field(default_factory=list)
+    notes: List[str] = Field(default_factory=list)
     seconds_rendering: float = 0.0
 
 
@@ -314,6 +315,9 @@ def execute_job(
         manifest.status = "interrupted"
         job.save()
         return manifest
+    if result.notes:
+        manifest.notes = list(dict.fromkeys([*manifest.notes, *result.notes]))
+        manifest.frames_total = result.total_frames
     _finish_output(job, Path(result.output_path), settings)
     pairs = manifest.warp_error_pairs
     manifest.warp_error_x1000 = round(sum(pairs) / len(pairs) * 1000.0, 6) if pairs else None

@@ -39,7 +39,7 @@ def env(standin_url, fresh_state, tmp_path, monkeypatch):
 
 
 def settings(**video):
-    return {"video": {"max_frames": 4, "seed": 9, "crf": 0, **video},
+    return {"video": {"max_frames": 4, "seed": 9, "crf": 0, "width": 64, "height": 64, **video},
             "img2img": {"prompt": "a painting", "steps": 6, "denoising_strength": 0.5, "sampler_name": "Euler"}}
 
 
@@ -71,7 +71,7 @@ def test_a_job_from_a_server_path_runs_to_a_downloadable_video_with_audio(env):
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     (tmp_path / "download.mp4").write_bytes(video.content)
     meta = probe(tmp_path / "download.mp4")
-    assert meta.frame_count == 4 and meta.has_audio and (meta.width, meta.height) == (32, 32)
+    assert meta.frame_count == 4 and meta.has_audio and (meta.width, meta.height) == (64, 64)
     listed = requests.get(f"{url}{API}/jobs", timeout=30).json()["jobs"]
     assert [j["job_id"] for j in listed] == [job["job_id"]]
 
@@ -80,7 +80,7 @@ def test_upload_and_inline_sources(env):
     url, source, _ = env
     with open(source, "rb") as file:
         uploaded = requests.post(f"{url}{API}/jobs/upload", files={"file": ("my clip.mp4", file, "video/mp4")},
-                                 data={"settings": '{"video": {"max_frames": 2}}'}, timeout=30)
+                                 data={"settings": '{"video": {"max_frames": 2, "width": 64, "height": 64}}'}, timeout=30)
     assert uploaded.status_code == 200, uploaded.text
     assert uploaded.json()["name"] == "my clip"
     inline = "data:video/mp4;base64," + base64.b64encode(source.read_bytes()).decode()

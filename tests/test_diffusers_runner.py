@@ -75,7 +75,7 @@ def test_missing_model_folder_is_explained():
 
 
 def test_cli_video_end_to_end(tiny_model_dir, tmp_path):
-    source = write_clip(tmp_path / "in.mp4", moving_pattern(5, size=(48, 64)))
+    source = write_clip(tmp_path / "in.mp4", moving_pattern(5, size=(64, 80)))
     output = tmp_path / "out.mp4"
     command = [sys.executable, "-m", "lib_vidguide", "video", str(source), str(output), "--model", str(tiny_model_dir),
                "--prompt", "a painting", "--steps", "6", "--seed", "11", "--warp-space", "latent"]
@@ -83,9 +83,9 @@ def test_cli_video_end_to_end(tiny_model_dir, tmp_path):
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert completed.returncode == 0, completed.stderr
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert summary["frames"] == 5 and summary["seed"] == 11 and summary["size"] == [64, 48]
+    assert summary["frames"] == 5 and summary["seed"] == 11 and summary["size"] == [80, 64]
     info = probe(output)
-    assert (info.width, info.height, info.frame_count) == (64, 48, 5)
+    assert (info.width, info.height, info.frame_count) == (80, 64, 5)
     assert len(list((tmp_path / "out").glob("frame_*.png"))) == 5
     assert "frame 5/5" in completed.stderr
 

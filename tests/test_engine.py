@@ -97,15 +97,15 @@ def test_wrong_size_from_the_renderer_is_explained(clip, tmp_path):
 
 
 def test_frame_selection_size_and_fps(clip, tmp_path):
-    settings = VideoSettings(start_frame=1, every_nth=2, max_frames=2, width=48, height=40)
+    settings = VideoSettings(start_frame=1, every_nth=2, max_frames=2, width=72, height=64)
     plan = plan_frames(clip, settings)
-    assert (plan.start, plan.step, plan.total, plan.size) == (1, 2, 2, (48, 40))
+    assert (plan.start, plan.step, plan.total, plan.size) == (1, 2, 2, (72, 64))
     assert float(plan.fps) == pytest.approx(4.0)
     renderer = RecordingRenderer()
     run_video(clip, tmp_path / "out.mp4", renderer, settings)
     assert [call[0] for call in renderer.calls] == [0, 1]
     info = probe(tmp_path / "out.mp4")
-    assert (info.width, info.height, info.frame_count) == (48, 40, 2)
+    assert (info.width, info.height, info.frame_count) == (72, 64, 2)
     assert float(info.fps) == pytest.approx(4.0)
 
 

@@ -40,7 +40,7 @@ def frames_of(job, folder="frames"):
 
 
 def test_a_job_runs_to_an_output_with_the_sources_audio(store, source):
-    job = store.create(source, JobSettings(video=VideoSettings(seed=5, max_frames=8)), copy_source=True)
+    job = store.create(source, JobSettings(video=VideoSettings(width=64, height=64, seed=5, max_frames=8)), copy_source=True)
     assert job.manifest.status == "queued" and job.manifest.frames_total == 8 and job.manifest.seed == 5
     assert job.source_path.parent == job.root and job.manifest.source.has_audio
     manifest = execute_job(job, factory())
@@ -56,7 +56,7 @@ def test_a_job_runs_to_an_output_with_the_sources_audio(store, source):
 
 
 def test_an_interrupted_job_resumes_to_the_same_frames(store, source):
-    settings = JobSettings(video=VideoSettings(seed=5, max_frames=8, crf=0))
+    settings = JobSettings(video=VideoSettings(width=64, height=64, seed=5, max_frames=8, crf=0))
     reference = store.create(source, settings)
     execute_job(reference, factory())
 
@@ -80,7 +80,7 @@ def test_an_interrupted_job_resumes_to_the_same_frames(store, source):
 
 
 def test_a_changed_source_refuses_to_resume(store, source):
-    job = store.create(source, JobSettings(video=VideoSettings(max_frames=4)))
+    job = store.create(source, JobSettings(video=VideoSettings(width=64, height=64, max_frames=4)))
     with open(source, "ab") as file:
         file.write(b"\0" * 16)
     with pytest.raises(JobError, match="changed since the job started"):
@@ -89,7 +89,7 @@ def test_a_changed_source_refuses_to_resume(store, source):
 
 def test_second_pass_reads_the_first_pass_frames(store, source):
     renderers = []
-    settings = JobSettings(video=VideoSettings(max_frames=4, drift=DriftSettings(second_pass=True, second_pass_strength=0.2)))
+    settings = JobSettings(video=VideoSettings(width=64, height=64, max_frames=4, drift=DriftSettings(second_pass=True, second_pass_strength=0.2)))
     job = store.create(source, settings)
     manifest = execute_job(job, factory(renderers))
     assert [(number, strength) for number, strength, _ in renderers] == [(1, None), (2, 0.2)]
@@ -106,7 +106,7 @@ def test_a_failing_renderer_marks_the_job_failed(store, source):
                 raise RuntimeError("CUDA out of memory")
             return super().render(frame, guide, index)
 
-    job = store.create(source, JobSettings(video=VideoSettings(max_frames=4)))
+    job = store.create(source, JobSettings(video=VideoSettings(width=64, height=64, max_frames=4)))
     with pytest.raises(RuntimeError, match="out of memory"):
         execute_job(job, lambda settings, number, strength: Broken())
     manifest = store.get(job.job_id).manifest
@@ -114,8 +114,8 @@ def test_a_failing_renderer_marks_the_job_failed(store, source):
 
 
 def test_store_lists_finds_and_deletes(store, source):
-    first = store.create(source, JobSettings(video=VideoSettings(max_frames=2)), name="first")
-    second = store.create(source, JobSettings(video=VideoSettings(max_frames=2)))
+    first = store.create(source, JobSettings(video=VideoSettings(width=64, height=64, max_frames=2)), name="first")
+    second = store.create(source, JobSettings(video=VideoSettings(width=64, height=64, max_frames=2)))
     assert {m.job_id for m in store.list()} == {first.job_id, second.job_id}
     assert store.get(first.job_id).manifest.name == "first"
     for bad in ("../etc", "nope", "", "20250101-120000-zzzzzzzz"):
@@ -131,4 +131,39 @@ def test_store_lists_finds_and_deletes(store, source):
 
 def test_settings_without_frames_are_refused(store, source):
     with pytest.raises(ValueError, match="lower the start frame|no frames"):
-        store.create(source, JobSettings(video=VideoSettings(start_frame=10_000)))
+        store.create(source, JobSettings(video=VideoSettings(width=64, height=64, start_frame=10_000)))
+
+
+def test_a_truncated_source_finishes_with_every_decodable_frame_and_says_so(store, tmp_path):
+    from videos import moving_pattern, write_clip
+
+    whole = write_clip(tmp_path / "whole.mp4", moving_pattern(24, size=(64, 64)))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # faststart: the index is at the front and survives
+    job = store.create(cut, JobSettings(video=VideoSettings(width=64, height=64)))
+    assert job.manifest.frames_total == 24
+    manifest = execute_job(job, factory())
+    assert manifest.status == "done", manifest.error
+    assert 0 < manifest.frames_total < 24 and manifest.frames_done == manifest.frames_total
+    assert any("ended after" in note for note in manifest.notes)
+    assert probe(manifest.output).frame_count == manifest.frames_total
+
+
+def test_a_one_pixel_video_is_refused_with_the_fix(store, tmp_path):
+    import av
+
+    path = tmp_path / "dot.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=8)
+        stream.width = stream.height = 1
+        stream.pix_fmt = "rgb24"
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((1, 1, 3), np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with pytest.raises(ValueError, match="renders at least 64x64: set the output width and height"):
+        store.create(path, JobSettings())
+    job = store.create(path, JobSettings(video=VideoSettings(width=64, height=64)))
+    assert execute_job(job, factory()).status == "done"

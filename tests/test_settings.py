@@ -54,7 +54,9 @@ def test_positional_args_need_the_exact_count():
 
 def test_video_output_size_rounds_to_multiples_of_eight():
     assert VideoSettings().output_size(513, 767) == (512, 760)
-    assert VideoSettings(width=100, height=50).output_size(640, 480) == (96, 48)
+    assert VideoSettings(width=100, height=70).output_size(640, 480) == (96, 64)
+    with pytest.raises(ValueError, match="width"):
+        VideoSettings(width=32)
     assert VideoSettings().output_size(1, 1) == (8, 8)
 
 
