@@ -12,7 +12,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: env test demo bench clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: env test demo bench clean browser
 
 env: $(STAMP)
 
@@ -27,7 +29,14 @@ $(STAMP): requirements/a1111-host.txt
 	$(PY) -m pip install -q --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
-test: $(STAMP)
+# The browser tests drive Debian's chromium with Playwright (no browser download: none is reachable).
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || (echo "install Debian's chromium package (the browser tests need /usr/bin/chromium)" && false)
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
