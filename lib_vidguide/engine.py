@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -103,7 +103,11 @@ class VideoRunResult:
 
 @dataclass
 class FramePlan:
-    """Which source frames a run uses, at what size and frame rate."""
+    """Which source frames a run uses, at what size and frame rate.
+
+    ``size`` is the render size; ``sizes`` says how source frames get there and what size
+    the written video has (``sizes.output_size``: the source's in "pad" mode).
+    """
 
     start: int
     stop: Optional[int]
@@ -112,6 +116,11 @@ class FramePlan:
     size: tuple[int, int]
     fps: Fraction
     source_fps: Fraction
+    sizes: Any = None
+
+    @property
+    def video_size(self) -> tuple[int, int]:
+        return self.sizes.output_size if self.sizes is not None else self.size
 
 
 MIN_SIZE = 64  # the WebUI's smallest width/height
@@ -121,7 +130,8 @@ def plan_frames(source: str | os.PathLike, settings: VideoSettings) -> FramePlan
     from .video_io import probe
 
     info = probe(source)
-    size = settings.output_size(info.width, info.height)
+    sizes = settings.size_plan(info.width, info.height)
+    size = sizes.size
     if min(size) < MIN_SIZE:
         raise ValueError(
             f"the output would be {size[0]}x{size[1]} (the video is {info.width}x{info.height}); VidGuide renders at "
@@ -137,7 +147,7 @@ def plan_frames(source: str | os.PathLike, settings: VideoSettings) -> FramePlan
         fps = Fraction(settings.fps).limit_denominator(1001)
     else:
         fps = source_fps / settings.every_nth
-    return FramePlan(settings.start_frame, stop, settings.every_nth, total, size, fps, source_fps)
+    return FramePlan(settings.start_frame, stop, settings.every_nth, total, size, fps, source_fps, sizes)
 
 
 def frame_path(frames_dir: str | os.PathLike, index: int) -> Path:
@@ -219,6 +229,7 @@ def run_video(
     """
     from .color import match_colors
     from .flow import FlowPrefetcher
+    from .frame_prep import restore_frame
     from .video_io import VideoWriter, iter_frames
 
     plan = plan_frames(source, settings)
@@ -234,14 +245,15 @@ def run_video(
     frames_dir = Path(frames_dir) if frames_dir is not None else None
     # Start the stream at the last finished frame: it is the flow partner of the next one.
     offset = max(done - 1, 0)
-    frames = iter_frames(source, start=plan.start + offset * plan.step, stop=plan.stop, step=plan.step, size=plan.size)
+    frames = _PreparedFrames(iter_frames(source, start=plan.start + offset * plan.step, stop=plan.stop, step=plan.step),
+                             plan.sizes)
     guided = settings.guidance.enabled
     drift = settings.drift
     if guided or measure:
         anchor = None
         if guided and drift.first_frame_guide:
-            anchor = "first" if done == 0 else next(iter_frames(source, start=plan.start, stop=plan.start + 1,
-                                                                size=plan.size))
+            anchor = "first" if done == 0 else next(iter(_PreparedFrames(
+                iter_frames(source, start=plan.start, stop=plan.start + 1), plan.sizes)))
         # Both directions in two threads (FLOW.md §5.3): the prefetch of frame n+1 then costs
         # about one direction's time, well inside frame n's diffusion.
         method = settings.guidance.flow_method if guided else "dis_medium"
@@ -250,7 +262,7 @@ def run_video(
     else:
         stream = _Unguided(frames)
 
-    writer = VideoWriter(output_path, fps=plan.fps, size=plan.size, crf=settings.crf) if output_path else None
+    writer = VideoWriter(output_path, fps=plan.fps, size=plan.video_size, crf=settings.crf) if output_path else None
     result = VideoRunResult(Path(output_path) if output_path else None, done, plan.total, plan.fps, plan.size, False,
                             resumed_from=done)
     previous = resume.previous if resume is not None else None
@@ -258,7 +270,7 @@ def run_video(
     try:
         if writer is not None:
             for index in range(done):
-                writer.write(load_frame(frames_dir, index).image)
+                writer.write(restore_frame(load_frame(frames_dir, index).image, plan.sizes))
         source_ended_early = False
         with stream:
             for position, frame, motion in stream:
@@ -293,7 +305,7 @@ def run_video(
                 if frames_dir is not None:
                     _save_frame(frames_dir, index, rendered)
                 if writer is not None:
-                    writer.write(rendered.image)
+                    writer.write(restore_frame(rendered.image, plan.sizes))
                 if first is None:
                     first = rendered
                 previous = rendered
@@ -338,6 +350,32 @@ def _check_rendered(rendered: RenderedFrame, size: tuple[int, int], index: int) 
             f"frame {index} came back as {rendered.image.shape} {rendered.image.dtype}, expected ({height}, {width}, 3) "
             "uint8; the renderer changed the size (check the WebUI's width/height and resize mode)"
         )
+
+
+class _PreparedFrames:
+    """Decoded frames brought to the render size (resize, crop or pad), streaming.
+
+    Its own iterator, so that whoever closes it (the flow prefetcher does) closes the reader.
+    """
+
+    def __init__(self, reader, sizes):
+        self._reader = reader
+        self._sizes = sizes
+
+    @property
+    def problems(self):
+        return getattr(self._reader, "problems", [])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        from .frame_prep import prepare_frame
+
+        return prepare_frame(next(self._reader), self._sizes)
+
+    def close(self):
+        self._reader.close()
 
 
 class _Unguided:

@@ -193,12 +193,21 @@ class VideoSettings(StrictModel):
     every_nth: int = Field(1, ge=1, le=1000, description="Use every n-th source frame.")
     width: Optional[int] = Field(None, ge=64, le=8192, description="Output width; default the source's, to a multiple of 8.")
     height: Optional[int] = Field(None, ge=64, le=8192, description="Output height; default the source's, to a multiple of 8.")
+    fit: Literal["resize", "crop", "pad"] = Field(
+        "resize",
+        description="How the source becomes a multiple of 8: resize (stretch to the size), crop (centre crop), "
+        "pad (extend the edges while rendering; the output keeps the source's size).",
+    )
     fps: Optional[float] = Field(None, gt=0, le=240, description="Output frame rate; default the source's / every_nth.")
     seed: int = Field(-1, description="Seed of every frame; -1 picks one at random (and reports it).")
     crf: int = Field(18, ge=0, le=51, description="H.264 quality (lower is better).")
 
+    def size_plan(self, source_width: int, source_height: int):
+        """How source frames become render frames (a frame_prep.SizePlan, multiples of 8)."""
+        from .frame_prep import choose_output_size
+
+        return choose_output_size(source_width, source_height, self.width, self.height, self.fit)
+
     def output_size(self, source_width: int, source_height: int) -> tuple[int, int]:
-        """The requested size, or the source's, rounded down to multiples of 8 (at least 8)."""
-        width = self.width or source_width
-        height = self.height or source_height
-        return max(8, width - width % 8), max(8, height - height % 8)
+        """The size frames are rendered at: the requested one or the source's, to multiples of 8."""
+        return self.size_plan(source_width, source_height).size

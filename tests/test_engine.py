@@ -236,3 +236,20 @@ def test_a_frame_cut_short_is_not_kept(clip, tmp_path):
     result = run_video(clip, tmp_path / "out.mp4", CutShort(), VideoSettings(), frames_dir=tmp_path / "frames")
     assert result.interrupted and result.output_path is None
     assert finished_frames(tmp_path / "frames") == 2
+
+
+@pytest.mark.parametrize("fit, render_size, video_size", [("resize", (64, 64), (64, 64)), ("crop", (64, 64), (64, 64)),
+                                                        ("pad", (72, 72), (70, 66))])
+def test_frames_are_fitted_to_multiples_of_eight(tmp_path, fit, render_size, video_size):
+    clip = write_clip(tmp_path / "odd.mp4", moving_pattern(3, size=(66, 70)))
+    renderer = RecordingRenderer()
+    result = run_video(clip, tmp_path / "out.mp4", renderer, VideoSettings(fit=fit), frames_dir=tmp_path / "frames")
+    assert result.size == render_size
+    first_png = np.asarray(Image.open(tmp_path / "frames" / "frame_000001.png"))
+    assert first_png.shape[:2] == (render_size[1], render_size[0])
+    info = probe(tmp_path / "out.mp4")
+    assert (info.width, info.height) == video_size
+    if fit == "pad":
+        source = read_all_frames(clip)[0]
+        # The picture itself is untouched: the restored output is the (inverted) source pixel for pixel.
+        assert np.abs(read_all_frames(tmp_path / "out.mp4")[0].astype(int) - (255 - source)).mean() < 3
