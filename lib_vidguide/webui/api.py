@@ -135,6 +135,7 @@ def build_router():
 
     def start(source: Path, settings: JobSettings, *, copy: bool, name: str) -> JobInfo:
         try:
+            jobs_host.validate_settings(settings, from_api=True)
             job = jobs_host.job_store().create(source, settings, copy_source=copy, name=name)
         except Exception as error:  # noqa: BLE001 - every bad input becomes a 4xx with its message
             raise http_error(error) from error

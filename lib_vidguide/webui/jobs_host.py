@@ -41,6 +41,16 @@ def default_script_args(runner: Any) -> list:
     return [0] + [getattr(control, "value", None) for control in inputs[1:]]
 
 
+def validate_settings(settings: JobSettings, *, from_api: bool) -> None:
+    """What only the host can check before a job starts: the tagger model is installed (and, for
+    API callers, named by folder, not by a path on the server)."""
+    tagger = settings.video.tagger
+    if tagger.enabled:
+        from ..tagger import resolve_model_dir, tagger_models_dir
+
+        resolve_model_dir(tagger.model, tagger_models_dir(host.models_path()), allow_paths=not from_api)
+
+
 def processing_for(settings: JobSettings, seed: int, denoising_strength: Optional[float] = None):
     """A StableDiffusionProcessingImg2Img for the job's frames (init images are set per frame)."""
     from modules import processing, scripts, shared

@@ -127,8 +127,9 @@ def img2img(req: Img2ImgRequest):
     return {"images": images, "parameters": {}, "info": processed.js()}
 
 
-def create_api_app() -> FastAPI:
-    """The /sdapi/v1 routes the extension's HTTP tests use, on a bare FastAPI app (--nowebui)."""
+def create_api_app(demo=None) -> FastAPI:
+    """The /sdapi/v1 routes the extension's HTTP tests use, on a bare FastAPI app (--nowebui,
+    where on_app_started gets demo=None; the stand-in page passes its gr.Blocks)."""
     from fastapi.responses import JSONResponse
 
     app = FastAPI()
@@ -162,6 +163,10 @@ def create_api_app() -> FastAPI:
         state.interrupt()
         return {}
 
+    def skip():
+        state.skip()
+        return {}
+
     def progress():
         return {"progress": 0 if state.job_count == 0 else state.job_no / max(state.job_count, 1), "state": state.dict()}
 
@@ -169,8 +174,9 @@ def create_api_app() -> FastAPI:
     # As webui.py does in --nowebui mode: extensions add their routes with demo=None.
     from modules import script_callbacks
 
-    script_callbacks.app_started_callback(None, app)
+    script_callbacks.app_started_callback(demo, app)
     app.add_api_route("/sdapi/v1/script-info", script_info, methods=["GET"])
     app.add_api_route("/sdapi/v1/interrupt", interrupt, methods=["POST"])
+    app.add_api_route("/sdapi/v1/skip", skip, methods=["POST"])
     app.add_api_route("/sdapi/v1/progress", progress, methods=["GET"])
     return app
