@@ -249,3 +249,44 @@ def test_the_routes_are_in_the_openapi_schema(env):
                  "/jobs/{job_id}/output", "/health"):
         assert API + path in paths
     assert "JobSettings" in schema["components"]["schemas"]
+
+
+def test_jobs_and_img2img_requests_never_overlap(env, monkeypatch):
+    """One job at a time on the GPU: a job holds the WebUI's queue lock, so an img2img request
+    sent meanwhile waits for it (and the next job waits for the request)."""
+    import threading
+
+    from host_session import sample_picture, to_b64
+    from modules import processing
+
+    url, source, _ = env
+    events = []
+    original = processing.process_images
+
+    def recording(p):
+        kind = "job" if getattr(p, "_vg_video_owned", False) else "img2img"
+        events.append((kind, "start"))
+        try:
+            return original(p)
+        finally:
+            events.append((kind, "end"))
+
+    monkeypatch.setattr(processing, "process_images", recording)
+    job = requests.post(f"{url}{API}/jobs", json={"source_path": str(source), "settings": settings(max_frames=6)},
+                        timeout=30).json()
+    while not any(kind == "job" for kind, _ in events):
+        time.sleep(0.01)
+    plain = {}
+    thread = threading.Thread(target=lambda: plain.update(r=requests.post(f"{url}/sdapi/v1/img2img", json={
+        "init_images": [to_b64(sample_picture())], "steps": 4, "width": 64, "height": 64}, timeout=120)))
+    thread.start()
+    assert wait_for(url, job["job_id"])["status"] == "done"
+    thread.join(timeout=120)
+    assert plain["r"].status_code == 200
+    running = 0
+    for kind, edge in events:
+        running += 1 if edge == "start" else -1
+        assert running <= 1, events
+    first_plain = events.index(("img2img", "start"))
+    assert all(kind == "job" for kind, _ in events[:first_plain]) and events.count(("job", "end")) == 6
+    assert first_plain == len(events) - 2, "the request waited for the whole job"
