@@ -203,6 +203,8 @@ class JobStore:
                 frame_count=info.frame_count, has_audio=info.has_audio,
             ),
             settings=settings, seed=seed, frames_total=plan.total,
+            # What the user should know from the start: alpha composited, variable frame rate, size rounded...
+            notes=[*info.notes, *([plan.sizes.note] if plan.sizes is not None and plan.sizes.note else [])],
         )
         job = Job(root, manifest)
         job.save()
@@ -256,7 +258,6 @@ def execute_job(
     """
     from .engine import load_frame, load_resume_state, run_video
 
-    job.check_source()
     manifest = job.manifest
     settings = job.video_settings()
     manifest.status = "running"
@@ -285,6 +286,9 @@ def execute_job(
         return record
 
     try:
+        # Inside the try: a source gone or changed while the job waited in the queue marks it failed,
+        # with the reason; before, the job kept saying "queued" forever.
+        job.check_source()
         resume = load_resume_state(job.frames_dir)
         manifest.frames_done = resume.done if resume else 0
         if second_pass and manifest.frames_done == 0:

@@ -18,8 +18,12 @@ def parse_roots(text: str) -> list[Path]:
 
 def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], *, what: str = "file") -> Path:
     """The real path of ``path`` if it lies inside one of ``roots``; else a clear error."""
+    text = os.fspath(path)
+    if ("\x00" if isinstance(text, str) else b"\x00") in text:
+        # os.path.realpath would raise a bare ValueError("embedded null byte")
+        raise ValueError(f"the {what} path {text!r} contains a NUL character, which no file name can hold")
     roots = [Path(os.path.realpath(root)) for root in roots]
-    real = Path(os.path.realpath(os.fspath(path)))
+    real = Path(os.path.realpath(text))
     for root in roots:
         if real == root or root in real.parents:
             return real

@@ -182,14 +182,14 @@ def _mp4_top_level_boxes(path: Path, limit: int = 64) -> list[bytes]:
 
 def _unreadable_error(path: Path, exc: BaseException) -> VideoInputError:
     """Turn FFmpeg's refusal to open a file into a message a user can act on."""
-    if path.suffix.lower() in _MP4_SUFFIXES:
-        boxes = _mp4_top_level_boxes(path)
-        if boxes[:1] == [b"ftyp"] and b"moov" not in boxes:
-            return VideoInputError(
-                f"'{path}' is an incomplete mp4: its index (the 'moov' box) is missing, which happens when a "
-                "recording, export or download was interrupted. Export or download it again; a repair tool "
-                "such as 'untrunc' can sometimes recover it."
-            )
+    # By content, not by name: uploads and inline videos are stored under names of our own.
+    boxes = _mp4_top_level_boxes(path)
+    if boxes[:1] == [b"ftyp"] and b"moov" not in boxes:
+        return VideoInputError(
+            f"'{path}' is an incomplete mp4: its index (the 'moov' box) is missing, which happens when a "
+            "recording, export or download was interrupted. Export or download it again; a repair tool "
+            "such as 'untrunc' can sometimes recover it."
+        )
     reason = getattr(exc, "strerror", None) or exc
     return VideoInputError(
         f"Cannot read '{path}' as a video ({reason}). It is not a video file, or it is damaged or "

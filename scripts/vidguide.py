@@ -8,7 +8,9 @@ every (re)load of the scripts and re-runs this file, not the package's modules.
 from modules import script_callbacks
 
 from lib_vidguide.webui import api as vidguide_api
+from lib_vidguide.webui import tab as vidguide_tab
 from lib_vidguide.webui.alwayson import VidGuideFlowScript  # noqa: F401
 from lib_vidguide.webui.video_script import VidGuideVideoScript  # noqa: F401
 
 script_callbacks.on_app_started(vidguide_api.on_app_started)
+script_callbacks.on_ui_tabs(vidguide_tab.on_ui_tabs)

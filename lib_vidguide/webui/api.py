@@ -53,6 +53,9 @@ class JobInfo(StrictModel):
     output_url: Optional[str] = None
     error: Optional[str] = None
     audio_notes: List[str] = Field(default_factory=list)
+    notes: List[str] = Field(default_factory=list, description=(
+        "What differs from a plain run: e.g. the source ended before its announced frame count (truncated "
+        "file), alpha composited over black, variable frame rate, the size rounded to multiples of 8."))
     created: float
     updated: float
 
@@ -81,7 +84,8 @@ def job_info(manifest) -> JobInfo:
         second_pass_done=manifest.second_pass_done, progress=round(min(1.0, done / total), 6), seed=manifest.seed,
         warp_error_x1000=manifest.warp_error_x1000,
         output_url=f"{PREFIX}/jobs/{manifest.job_id}/output" if manifest.status == "done" else None,
-        error=manifest.error, audio_notes=list(manifest.audio_notes), created=manifest.created, updated=manifest.updated,
+        error=manifest.error, audio_notes=list(manifest.audio_notes), notes=list(manifest.notes),
+        created=manifest.created, updated=manifest.updated,
     )
 
 
@@ -153,12 +157,16 @@ def build_router():
         if request.source_path:
             try:
                 source = resolve_inside(request.source_path, host.allowed_roots(), what="video")
-            except PathNotAllowedError as error:
+            except ValueError as error:  # outside the roots (403), or no path at all, e.g. a NUL byte (422)
                 raise http_error(error) from error
-            if not source.is_file():
+            try:
+                is_file = source.is_file()
+            except OSError:  # e.g. a name longer than the file system allows
+                is_file = False
+            if not is_file:
                 raise HTTPException(status_code=422, detail=f"no video file at {request.source_path!r}")
             return start(source, request.settings, copy=False, name=request.name)
-        payload = request.source_base64.split(",", 1)[1] if request.source_base64.startswith("data:") else request.source_base64
+        payload = request.source_base64.partition(",")[2] if request.source_base64.startswith("data:") else request.source_base64
         if len(payload) * 3 // 4 > max_upload_bytes():
             raise too_large()
         try:
@@ -176,10 +184,12 @@ def build_router():
 
         try:
             parsed = JobSettings.from_dict(json.loads(settings or "{}"))
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RecursionError) as error:  # RecursionError: absurdly nested JSON
             raise HTTPException(status_code=422, detail=f"settings: {error}") from error
         limit = max_upload_bytes()
-        suffix = Path(file.filename or "upload").suffix.lower()[:8] or ".video"
+        # Only letters and digits from the caller's name reach the file system (no NUL, no separators).
+        suffix = "".join(c for c in Path(file.filename or "upload").suffix.lower()[1:8] if c.isascii() and c.isalnum())
+        suffix = f".{suffix}" if suffix else ".video"
         with tempfile.TemporaryDirectory(prefix="vidguide-upload-") as folder:
             path = Path(folder) / f"upload{suffix}"
             written = 0

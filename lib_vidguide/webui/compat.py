@@ -165,3 +165,69 @@ def enable_accordion(label: str, elem_id: str):
         return accordion, accordion
     accordion = gr.Accordion(label, open=False, elem_id=elem_id)
     return accordion, None
+
+
+def sampler_names() -> list[str]:
+    """The host's sampler names for a dropdown: ``visible_sampler_names()`` where it exists
+    (A1111 1.6+, Forge: hides the ones the user hid in settings), else every sampler's name."""
+    from modules import sd_samplers
+
+    visible = getattr(sd_samplers, "visible_sampler_names", None)
+    if callable(visible):
+        return list(visible())
+    return [sampler.name for sampler in getattr(sd_samplers, "all_samplers", [])]
+
+
+def video_input(label: str, elem_id: str):
+    """An upload-only video input in gradio 3 (``source=``) and 4 (``sources=``); gives a file path."""
+    import gradio as gr
+
+    if gradio_major() >= 4:
+        return gr.Video(label=label, sources=["upload"], elem_id=elem_id)
+    return gr.Video(label=label, source="upload", elem_id=elem_id)
+
+
+def event_options(js: Optional[str] = None, *, show_progress: bool = True, queue: Optional[bool] = None) -> dict:
+    """Keyword arguments of an event listener: the JS function to run first (``_js=`` in
+    gradio 3, ``js=`` in 4) and no gradio progress overlay (``False`` in 3, ``"hidden"`` in 4)."""
+    options: dict[str, Any] = {}
+    if js:
+        options["js" if gradio_major() >= 4 else "_js"] = js
+    if not show_progress:
+        options["show_progress"] = "hidden" if gradio_major() >= 4 else False
+    if queue is not None:
+        options["queue"] = queue
+    return options
+
+
+def gpu_call(func, extra_outputs: Optional[list] = None):
+    """``func`` wrapped as the WebUI wraps txt2img: ``modules.call_queue.wrap_gradio_gpu_call``
+    (queue lock, state.begin/end, the "task(...)" id registered for /internal/progress, timing
+    HTML appended to the last output). Without it, the lock and state are handled here."""
+    try:
+        from modules.call_queue import wrap_gradio_gpu_call
+    except ImportError:
+        wrap_gradio_gpu_call = None
+    if wrap_gradio_gpu_call is not None:
+        return wrap_gradio_gpu_call(func, extra_outputs=extra_outputs)
+
+    import contextlib
+    import functools
+
+    try:
+        from modules.call_queue import queue_lock
+    except ImportError:  # no queue at all: nothing to serialise with
+        queue_lock = contextlib.nullcontext()
+
+    @functools.wraps(func)
+    def wrapped(*args, **kwargs):
+        from modules.shared import state
+
+        with queue_lock:
+            state.begin(job=args[0] if args and isinstance(args[0], str) else "vidguide")
+            try:
+                return func(*args, **kwargs)
+            finally:
+                state.end()
+
+    return wrapped

@@ -44,6 +44,22 @@ def video_settings_from_args(args: tuple) -> tuple[Any, VideoSettings]:
     return values["video"], settings
 
 
+def sent_script_arg_count(p: Any, script: Any) -> Optional[int]:
+    """How many args an API request sent for ``script``, or None when that cannot be told.
+
+    The host slice-assigns a request's ``script_args`` into the full default args list, so a
+    wrong count changes the list's total length; the script's own slice may still look complete
+    (extra values fall outside it; missing ones are made up by the args of the scripts after it).
+    """
+    runner = getattr(p, "scripts", None)
+    every_script = getattr(runner, "scripts", None)
+    total = getattr(p, "script_args", None)
+    if not every_script or total is None or script.args_from is None or script.args_to is None:
+        return None
+    expected_total = max([s.args_to for s in every_script if s.args_to is not None] + [1])
+    return len(total) - expected_total + (script.args_to - script.args_from)
+
+
 def resolve_video(value: Any, *, from_api: bool) -> tuple[str, Optional[str]]:
     """A video arg as a file path: a path (UI upload or server path) or a base64 data URL.
 
@@ -148,6 +164,10 @@ class VidGuideVideoScript(scripts.Script):
         from modules import processing
         from modules.shared import state
 
+        if getattr(p, "is_api", False):
+            sent = sent_script_arg_count(p, self)
+            if sent is not None and sent != len(args):
+                args_to_mapping([None] * sent, ui.VIDEO_ARG_NAMES)  # raises "expected 11 script args ..., got n"
         video_arg, settings = video_settings_from_args(args)
         source, temporary = resolve_video(video_arg, from_api=bool(getattr(p, "is_api", False)))
         try:

@@ -75,7 +75,8 @@ def wrap_gradio_call_no_job(func, extra_outputs=None, add_stats=False):
             errors.report(f"Error completing request\nArguments: {args} {kwargs}"[:131072], exc_info=True)
             if extra_outputs_array is None:
                 extra_outputs_array = [None, ""]
-            res = list(extra_outputs_array) + [f"<div class='error'>{html.escape(f'{type(error).__name__}: {error}')}</div>"]
+            message = html.escape(f"{type(error).__name__}: {error}")
+            res = list(extra_outputs_array) + [f"<div class='error'>{message}</div>"]
 
         devices.torch_gc()
         if not add_stats:
@@ -85,7 +86,8 @@ def wrap_gradio_call_no_job(func, extra_outputs=None, add_stats=False):
         minutes, seconds = int(elapsed // 60), elapsed % 60
         elapsed_text = (f"{minutes} min. " if minutes else "") + f"{seconds:.1f} sec."
         # The last output is always HTML.
-        res[-1] += f"<div class='performance'><p class='time'>Time taken: <wbr><span class='measurement'>{elapsed_text}</span></p></div>"
+        res[-1] += (f"<div class='performance'><p class='time'>Time taken: <wbr>"
+                    f"<span class='measurement'>{elapsed_text}</span></p></div>")
         return tuple(res)
 
     return f

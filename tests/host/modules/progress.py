@@ -89,7 +89,8 @@ def progressapi(req: ProgressRequest):
         if queued:
             ordered = sorted(pending_tasks, key=lambda task: pending_tasks[task])
             textinfo = f"In queue: {ordered.index(req.id_task) + 1}/{len(ordered)}"
-        return ProgressResponse(active=active, queued=queued, completed=completed, id_live_preview=-1, textinfo=textinfo)
+        return ProgressResponse(active=active, queued=queued, completed=completed, id_live_preview=-1,
+                                textinfo=textinfo)
 
     progress = 0.0
     if state.job_count > 0:
