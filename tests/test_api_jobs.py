@@ -290,3 +290,36 @@ def test_jobs_and_img2img_requests_never_overlap(env, monkeypatch):
     first_plain = events.index(("img2img", "start"))
     assert all(kind == "job" for kind, _ in events[:first_plain]) and events.count(("job", "end")) == 6
     assert first_plain == len(events) - 2, "the request waited for the whole job"
+
+
+def test_a_job_left_running_by_a_dead_process_shows_interrupted_and_can_be_deleted(env):
+    from lib_vidguide.jobs import JobSettings
+    from lib_vidguide.webui import jobs_host
+
+    url, source, _ = env
+    job = jobs_host.job_store().create(source, JobSettings.from_dict(settings(max_frames=2)))
+    job.manifest.status = "running"  # what a kill -9 leaves behind
+    job.save()
+    info = requests.get(f"{url}{API}/jobs/{job.job_id}", timeout=30).json()
+    assert info["status"] == "interrupted"
+    assert requests.delete(f"{url}{API}/jobs/{job.job_id}", timeout=30).status_code == 200
+
+
+def test_a_job_running_here_cannot_be_resumed_twice(env, monkeypatch):
+    from lib_vidguide.jobs import JobSettings
+    from lib_vidguide.webui import jobs_host, video_script
+
+    url, source, _ = env
+    job = jobs_host.job_store().create(source, JobSettings.from_dict(settings(max_frames=3)))
+    answers = {}
+    original = video_script.WebUIFrameRenderer.render
+
+    def probing_render(self, frame, guide, index):
+        if index == 1:
+            answers["resume"] = requests.post(f"{url}{API}/jobs/{job.job_id}/resume", timeout=30).status_code
+            answers["delete"] = requests.delete(f"{url}{API}/jobs/{job.job_id}", timeout=30).status_code
+        return original(self, frame, guide, index)
+
+    monkeypatch.setattr(video_script.WebUIFrameRenderer, "render", probing_render)
+    assert jobs_host.run_job_here(job).status == "done"  # as the tab runs it, in its own request
+    assert answers == {"resume": 409, "delete": 409}

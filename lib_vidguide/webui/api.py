@@ -78,7 +78,7 @@ def job_info(manifest) -> JobInfo:
     total = max(1, manifest.frames_total * passes)
     done = manifest.frames_done + manifest.second_pass_done
     return JobInfo(
-        job_id=manifest.job_id, name=manifest.name, status=manifest.status,
+        job_id=manifest.job_id, name=manifest.name, status=jobs_host.effective_status(manifest),
         queue_position=jobs_host.worker().position(manifest.job_id),
         frames_done=manifest.frames_done, frames_total=manifest.frames_total,
         second_pass_done=manifest.second_pass_done, progress=round(min(1.0, done / total), 6), seed=manifest.seed,
@@ -233,7 +233,7 @@ def build_router():
         job = get_job(job_id)
         if job.manifest.status == "done":
             raise HTTPException(status_code=409, detail=f"job {job_id!r} is already done")
-        if job.manifest.status in ("queued", "running") and jobs_host.worker().position(job_id) is not None:
+        if jobs_host.is_active(job_id):
             raise HTTPException(status_code=409, detail=f"job {job_id!r} is already queued or running")
         try:
             job.check_source()
@@ -257,10 +257,8 @@ def build_router():
     @router.delete("/jobs/{job_id}", response_model=Deleted, summary="Delete a job and its files")
     def delete_job(job_id: str) -> Deleted:
         get_job(job_id)
-        if jobs_host.worker().position(job_id) is not None:
-            raise HTTPException(status_code=409, detail=f"job {job_id!r} is queued or running; cancel it first")
         try:
-            jobs_host.job_store().delete(job_id)
+            jobs_host.delete_job(job_id)
         except JobError as error:
             raise HTTPException(status_code=409, detail=str(error)) from error
         return Deleted(deleted=job_id)

@@ -24,6 +24,8 @@ from . import host
 logger = logging.getLogger("vidguide")
 
 _store: Optional[JobStore] = None
+_running_here: set[str] = set()
+_running_lock = threading.Lock()
 
 
 def job_store() -> JobStore:
@@ -121,13 +123,47 @@ def run_job_here(job: Job, *, should_stop: Optional[Callable[[], bool]] = None, 
         if on_frame is not None:
             on_frame(event, pass_number)
 
+    with _running_lock:
+        if job.job_id in _running_here:
+            raise JobError(f"job {job.job_id!r} is already running")
+        _running_here.add(job.job_id)
     try:
         return execute_job(job, renderer_factory(job), should_stop=stop_requested, on_frame=frame_done,
                            on_plan=plan_known)
     finally:
+        with _running_lock:
+            _running_here.discard(job.job_id)
         from . import hooks
 
         hooks.deactivate()
+
+
+def is_active(job_id: str) -> bool:
+    """Running in this process (the tab or the API worker) or queued in the worker."""
+    with _running_lock:
+        if job_id in _running_here:
+            return True
+    return worker().position(job_id) is not None
+
+
+def effective_status(manifest: JobManifest) -> str:
+    """A manifest still says "running" (or "queued") after the process that ran it died: only a
+    job active now is shown as such; any other is interrupted and can be resumed or deleted."""
+    if manifest.status in ("running", "queued") and not is_active(manifest.job_id):
+        return "interrupted"
+    return manifest.status
+
+
+def delete_job(job_id: str) -> None:
+    """Delete a job and its files, never an active one."""
+    if is_active(job_id):
+        raise JobError(f"job {job_id!r} is running or queued; interrupt it first")
+    store = job_store()
+    job = store.get(job_id)
+    if job.manifest.status in ("running", "queued"):
+        job.manifest.status = "interrupted"  # stale: it stopped with the process that ran it
+        job.save()
+    store.delete(job_id)
 
 
 class JobWorker:

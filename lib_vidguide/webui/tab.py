@@ -255,13 +255,8 @@ def frame_preview(output, weight):
     return sheet
 
 
-def running_elsewhere(job_id: str) -> bool:
-    """Queued or running in the API's worker."""
-    return jobs_host.worker().position(job_id) is not None
-
-
 def is_running(job_id: str) -> bool:
-    return runs.job_id == job_id or running_elsewhere(job_id)
+    return runs.job_id == job_id or jobs_host.is_active(job_id)
 
 
 def run_in_tab(job: Job) -> tuple[Optional[str], Any, str]:
@@ -353,9 +348,10 @@ def skip() -> None:
 
 def shown_status(manifest: JobManifest) -> str:
     """A manifest says "running" after a crash too: only a job running now is shown as running."""
-    if manifest.status in ("running", "queued") and not is_running(manifest.job_id):
+    status = jobs_host.effective_status(manifest)
+    if status != manifest.status:
         return "interrupted (stopped unexpectedly)" if manifest.status == "running" else "interrupted (not queued)"
-    return manifest.status
+    return status
 
 
 def job_rows() -> list[list]:
@@ -429,9 +425,9 @@ def resume(id_task: str, job_id: Optional[str]) -> tuple[Any, str]:
         return gr.update(), message_html("error", str(error))
     if job.manifest.status == "done":
         return job.manifest.output, message_html("error", f"Job {job_id} is already done.")
-    if running_elsewhere(job_id):
-        return gr.update(), message_html("error", f"Job {job_id} is queued or running over the API; "
-                                                  "cancel it there first.")
+    if jobs_host.is_active(job_id):
+        return gr.update(), message_html("error", f"Job {job_id} is already queued or running (here or over the "
+                                                  "API); interrupt or cancel it first.")
     video, _, status = run_in_tab(job)
     return video, status
 
@@ -443,13 +439,7 @@ def delete_job(job_id: Optional[str]) -> tuple[str, str]:
     if is_running(job_id):
         return "error", f"Job {job_id} is running or queued; interrupt it first."
     try:
-        store = jobs_host.job_store()
-        job = store.get(job_id)
-        if job.manifest.status in ("running", "queued"):
-            # Nothing runs it (checked above): it stopped with the process that ran it.
-            job.manifest.status = "interrupted"
-            job.save()
-        store.delete(job_id)
+        jobs_host.delete_job(job_id)
     except JobError as error:
         return "error", str(error)
     return "deleted", f"Deleted job {job_id} and its files."
