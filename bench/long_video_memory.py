@@ -29,8 +29,9 @@ model load (and a ``gc.collect()``), then the kernel's high-water mark is reset
 thread reads VmRSS every ``--sample-interval`` seconds as well, and RSS is logged every 100
 frames so that a slow leak shows as a slope. "The models" are their weights plus what one
 frame's diffusion needs at this size: before the run, frame 1 is rendered on its own and the
-peak of that is the models' part (with ``--renderer tiny`` the attention of the tiny UNet at
-64x96 latents alone takes ~150 MB; with the warp renderer it is next to nothing). The result
+peak of that is the models' part (with ``--renderer tiny`` one 512x768 frame of the tiny model
+peaks ~210 MB above its weights, mostly attention over 64x96 latents; with the warp renderer it
+is next to nothing). The result
 is PASS when the run's peak minus the larger of the baseline and that one-frame peak is under
 ``--limit-mb``; the growth over the bare baseline is printed too.
 

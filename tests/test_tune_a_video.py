@@ -531,6 +531,11 @@ def test_single_file_checkpoint_loads_offline_like_its_diffusers_folder(tmp_path
                for key, value in loaded_half.unet.state_dict().items())
     assert loaded.scheduler_config["prediction_type"] == "epsilon" and loaded.scheduler_config["clip_sample"] is False
 
+    # A .ckpt (the LDM "state_dict" wrapper) is read with torch.load(weights_only=True).
+    ckpt = tmp_path / "tiny-sd1.ckpt"
+    torch.save({"state_dict": ldm_checkpoint(from_folder.unet, from_folder.vae, from_folder.text_encoder), "global_step": 1}, ckpt)
+    assert load_single_file(ckpt, tokenizer=folder / "tokenizer").fingerprint == from_folder.fingerprint
+
     # A file that is not SD 1.x is refused with the reason.
     sd2 = tmp_path / "sd2.safetensors"
     save_file({"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(4, 1024)}, str(sd2))
@@ -591,7 +596,7 @@ def test_cli_trains_and_edits_a_tiny_model_end_to_end(tmp_path):
     video = write_clip(tmp_path / "clip.mp4", list(clip_frames(6)), fps=8.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": str(REPO)}
-    entry = [sys.executable, "-m", "lib_vidguide.pipelines.tune_a_video"]
+    entry = [sys.executable, "-m", "lib_vidguide", "tune-a-video"]
     train = subprocess.run(
         entry + ["train", str(video), "--model", str(model), "--prompt", "a pattern pans right", "--out", str(tmp_path / "run"),
                  "--frames", "4", "--sample-stride", "1", "--width", "64", "--height", "64", "--max-train-steps", "3",

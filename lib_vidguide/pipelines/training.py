@@ -88,10 +88,18 @@ class TrainingSettings(StrictModel):
     mixed_precision: MixedPrecision = Field(
         "auto", description="auto: bf16 on GPUs that have it, else fp16; the CPU always trains in float32."
     )
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass: much less memory, ~30% slower.")
-    use_8bit_adam: bool = Field(False, description="8-bit AdamW states from bitsandbytes (GPU only; falls back to AdamW).")
-    checkpointing_steps: int = Field(100, ge=0, description="Save a resumable checkpoint every N steps; 0 = only when interrupted.")
-    checkpoints_total_limit: int = Field(2, ge=1, le=1000, description="Keep at most this many checkpoints (oldest removed).")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass: much less memory, ~30% slower."
+    )
+    use_8bit_adam: bool = Field(
+        False, description="8-bit AdamW states from bitsandbytes (GPU only; falls back to AdamW)."
+    )
+    checkpointing_steps: int = Field(
+        100, ge=0, description="Save a resumable checkpoint every N steps; 0 = only when interrupted."
+    )
+    checkpoints_total_limit: int = Field(
+        2, ge=1, le=1000, description="Keep at most this many checkpoints (oldest removed)."
+    )
     seed: int = Field(33, ge=0, le=2**63 - 1, description="Seed of the training noise, timesteps and data order.")
 
 
@@ -277,7 +285,9 @@ def make_optimizer(parameters: List[Any], settings: TrainingSettings, device: An
             try:
                 import bitsandbytes
             except ImportError:
-                notes.append("8-bit Adam needs bitsandbytes, which is not installed (pip install bitsandbytes); using torch's AdamW.")
+                notes.append(
+                    "8-bit Adam needs bitsandbytes, which is not installed (pip install bitsandbytes); using torch's AdamW."
+                )
             else:
                 return bitsandbytes.optim.AdamW8bit(parameters, **options), notes
     return torch.optim.AdamW(parameters, **options), notes
@@ -321,7 +331,10 @@ def find_checkpoint(output_dir: str | Path, resume: Union[str, Path, None]) -> O
         return found[-1].path if found else None
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise ValueError(f"'{path}' is not a complete training checkpoint (no state.json); give a checkpoints/step-N folder or 'latest'.")
+        raise ValueError(
+            f"'{path}' is not a complete training checkpoint (no state.json); "
+            "give a checkpoints/step-N folder or 'latest'."
+        )
     return path
 
 
@@ -385,7 +398,8 @@ def _load_checkpoint(
         raise ValueError(f"'{path}' is a {state.get('method')} checkpoint (format {state.get('format')}), not {task.method}.")
     expected = json.loads(json.dumps(task.fingerprint()))
     if state.get("task") != expected:
-        differing = sorted(k for k in set(expected) | set(state.get("task", {})) if expected.get(k) != state.get("task", {}).get(k))
+        saved = state.get("task", {})
+        differing = sorted(key for key in set(expected) | set(saved) if expected.get(key) != saved.get(key))
         raise ValueError(
             f"The checkpoint '{path}' belongs to another training run (differs in: {', '.join(differing)}); "
             "resume with the same video, prompt, base model and sizes, or start a new run in another folder."

@@ -113,6 +113,9 @@ MAX_FRAMES = 128
 _STATE_ATTRIBUTE = "_vidguide_tune_a_video"
 
 ProgressCallback = Callable[[int, int], None]
+_EMPTY_TRAINING_PROMPT = (
+    "The training prompt is empty: describe the video (e.g. 'a man is skiing'); edits change this prompt."
+)
 
 
 # --------------------------------------------------------------------------- settings
@@ -138,7 +141,8 @@ class TuneAVideoSettings(TrainingSettings):
     height: int = Field(512, ge=64, le=2048, description="Training height in pixels (multiple of 8; SD 1.x: 512).")
     video_groupnorm: bool = Field(
         False,
-        description="GroupNorm statistics over all frames, as the original TAV; off (default) keeps the base model exact per frame.",
+        description="GroupNorm statistics over all frames, as the original TAV; "
+        "off (default) keeps the base model exact per frame.",
     )
     learning_rate: float = Field(3e-5, gt=0.0, le=1.0, description="AdamW learning rate (TAV: 3e-5).")
     max_train_steps: int = Field(500, ge=1, le=100_000, description="Optimizer steps (TAV: 300-500).")
@@ -163,7 +167,7 @@ class TuneAVideoEditSettings(StrictModel):
     inversion_prompt: str = Field("", description="Prompt of the inversion (TAV: empty).")
     negative_prompt: str = Field("", description="Negative prompt of the guided sampling.")
     seed: int = Field(33, ge=0, le=2**63 - 1, description="Seed of the starting noise when inversion_steps is 0.")
-    frames: Optional[int] = Field(None, ge=1, le=MAX_FRAMES, description="Frames to edit; empty = as trained.")
+    frames: Optional[int] = Field(None, ge=2, le=MAX_FRAMES, description="Frames to edit; empty = as trained.")
     sample_start: Optional[int] = Field(None, ge=0, description="First source frame; empty = as trained.")
     sample_stride: Optional[int] = Field(None, ge=1, le=1000, description="Every n-th source frame; empty = as trained.")
     width: Optional[int] = Field(None, ge=64, le=2048, description="Width (multiple of 8); empty = as trained.")
@@ -494,10 +498,13 @@ class TuneAVideoWeightsInfo:
                 f"train one with 'tune-a-video train' (files go to models/{WEIGHTS_SUBDIR})."
             )
         if metadata.get("vidguide_format") != FORMAT_VERSION:
-            raise ValueError(f"'{path}' has format {metadata.get('vidguide_format')}; this version reads format {FORMAT_VERSION}.")
+            raise ValueError(
+                f"'{path}' has format {metadata.get('vidguide_format')}; this version reads format {FORMAT_VERSION}."
+            )
         fps = metadata.get("fps")
         return cls(
-            path=path, base_model=metadata.get("base_model", ""), base_model_fingerprint=metadata.get("base_model_fingerprint", ""),
+            path=path, base_model=metadata.get("base_model", ""),
+            base_model_fingerprint=metadata.get("base_model_fingerprint", ""),
             frames=int(metadata["frames"]), width=int(metadata["width"]), height=int(metadata["height"]),
             sample_start=int(metadata.get("sample_start", 0)), sample_stride=int(metadata.get("sample_stride", 1)),
             video_groupnorm=metadata.get("video_groupnorm") == "true", prompt=metadata.get("prompt", ""),
@@ -515,7 +522,9 @@ def save_tune_a_video_weights(unet: Any, path: str | Path, *, base_model: str, b
     from ..atomic import write_bytes_atomic
 
     state = _state(unet)
-    tensors = {name: param.detach().to("cpu", torch.float32).contiguous() for name, param in trainable_parameters(unet).items()}
+    tensors = {
+        name: param.detach().to("cpu", torch.float32).contiguous() for name, param in trainable_parameters(unet).items()
+    }
     metadata = {
         "format": "pt",
         "vidguide_method": METHOD,
@@ -542,7 +551,9 @@ def read_weights_info(path: str | Path) -> TuneAVideoWeightsInfo:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"The Tune-A-Video weights file '{path}' was not found (trained files go to models/{WEIGHTS_SUBDIR}).")
+        raise ValueError(
+            f"The Tune-A-Video weights file '{path}' was not found (trained files go to models/{WEIGHTS_SUBDIR})."
+        )
     try:
         with safe_open(str(path), framework="pt") as opened:
             metadata = opened.metadata() or {}
@@ -601,8 +612,11 @@ def ddim_invert(latents: Any, predict: Callable[[Any, Any], Any], *, scheduler_c
     return latents
 
 
+StepEndCallback = Callable[[int, Any, Dict[str, Any]], Optional[Dict[str, Any]]]
+
+
 def ddim_sample(latents: Any, predict: Callable[[Any, Any], Any], *, scheduler_config: Dict[str, Any],
-                num_inference_steps: int, callback_on_step_end: Optional[Callable[[int, Any, Dict[str, Any]], Optional[Dict[str, Any]]]] = None) -> Any:
+                num_inference_steps: int, callback_on_step_end: Optional[StepEndCallback] = None) -> Any:
     """Deterministic DDIM (eta 0) from ``latents``; ``callback_on_step_end(i, t, {"latents": ...})`` may replace them."""
     from diffusers import DDIMScheduler
 
@@ -689,7 +703,8 @@ def sample_video_frames(video: Any, *, frames: int, start: int, stride: int, wid
     if len(picked) < frames:
         usable = max(0, (available - start + stride - 1) // stride) if available > start else 0
         raise ValueError(
-            f"The video has {available} frames; from frame {start}, every {stride}. frame gives only {min(usable, len(picked))}, "
+            f"The video has {available} frames; from frame {start}, every {stride}. frame gives only "
+            f"{min(usable, len(picked))}, "
             f"fewer than the {frames} asked for. Lower frames, sample_stride or sample_start."
         )
     picked = _checked_frames(picked)
@@ -758,9 +773,10 @@ class TuneAVideoTrainer:
 
     method = METHOD
 
-    def __init__(self, components: Any, frames: np.ndarray, prompt: str, settings: TuneAVideoSettings, *, fps: Optional[float] = None):
-        if not prompt or not prompt.strip():
-            raise ValueError("The training prompt is empty: describe the video (e.g. 'a man is skiing'); edits change this prompt.")
+    def __init__(self, components: Any, frames: np.ndarray, prompt: str, settings: TuneAVideoSettings, *,
+                 fps: Optional[float] = None):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(_EMPTY_TRAINING_PROMPT)
         self.components = components
         self.frames = np.ascontiguousarray(frames)
         self.prompt = prompt
@@ -932,7 +948,7 @@ def train_tune_a_video(
     settings = settings or TuneAVideoSettings()
     # 1. Check inputs before anything heavy is loaded.
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("The training prompt is empty: describe the video (e.g. 'a man is skiing'); edits change this prompt.")
+        raise ValueError(_EMPTY_TRAINING_PROMPT)
     clip = sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
                                width=settings.width, height=settings.height)
     # 2. Load the base model, then train.
@@ -958,7 +974,7 @@ class TuneAVideoInterrupted(Exception):
 
 @dataclass
 class TuneAVideoPipelineOutput:
-    """``videos[k]`` is prompt k's result: RGB uint8 ``(frames, height, width, 3)``, or latents with ``output_type="latent"``."""
+    """``videos[k]`` is prompt k's result: RGB uint8 ``(frames, height, width, 3)``, or latents (``output_type="latent"``)."""
 
     videos: List[Any]
     inverted_latents: Any
@@ -1024,7 +1040,8 @@ class TuneAVideoPipeline:
             if not text.strip():
                 raise ValueError(
                     "An edited prompt is empty. Give the edit as a full prompt (e.g. 'a spider man is skiing'); "
-                    "the training prompt reproduces the source video. (The inversion prompt may be empty; that is TAV's default.)"
+                    "the training prompt reproduces the source video. "
+                    "(The inversion prompt may be empty; that is TAV's default.)"
                 )
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
@@ -1153,7 +1170,9 @@ class TuneAVideoPipeline:
         if self.weights_info is not None and self.weights_info.frames != count:
             notes.append(f"The weights were trained on {self.weights_info.frames} frames; editing {count}.")
         if inversion_steps and inversion_steps != num_inference_steps:
-            notes.append(f"{inversion_steps} inversion steps but {num_inference_steps} sampling steps: equal counts reconstruct best.")
+            notes.append(
+                f"{inversion_steps} inversion steps but {num_inference_steps} sampling steps: equal counts reconstruct best."
+            )
 
         # 2. Processors and hooks may have been reset since the last run: re-apply them.
         apply_tune_a_video(self.unet)
@@ -1362,7 +1381,8 @@ def _add_subcommands(commands: Any) -> None:
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", default=None, help="the WebUI's models folder (--model may name a file in its Stable-diffusion/)")
+    parser.add_argument("--models-dir", default=None,
+                        help="the WebUI's models folder (--model may name a file in its Stable-diffusion/)")
     parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder for single-file checkpoints "
                         f"(default: the cached {'openai/clip-vit-large-patch14'})")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -1370,7 +1390,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``tune-a-video train|edit`` to an argparse sub-command set; dispatch with ``args.handler(args)``."""
-    parser = subparsers.add_parser(CLI_COMMAND, help="Tune-A-Video: fine-tune SD 1.x on a video, then edit it with new prompts")
+    parser = subparsers.add_parser(
+        CLI_COMMAND, help="Tune-A-Video: fine-tune SD 1.x on a video, then edit it with new prompts"
+    )
     commands = parser.add_subparsers(dest="tune_a_video_command", required=True)
     _add_subcommands(commands)
     return parser
@@ -1478,19 +1500,3 @@ def run_edit_cli(args: argparse.Namespace) -> int:
         "frames_dirs": frame_dirs, "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }))
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lib_vidguide.pipelines.tune_a_video train|edit ...`` (the same options as ``tune-a-video``)."""
-    parser = argparse.ArgumentParser(prog="python -m lib_vidguide.pipelines.tune_a_video",
-                                     description="Tune-A-Video on diffusers, without the WebUI")
-    parser.add_argument("--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="tune_a_video_command", required=True)
-    _add_subcommands(commands)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
