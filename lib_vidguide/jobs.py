@@ -26,21 +26,22 @@ from typing import Callable, List, Literal, Optional
 
 from pydantic import Field
 
+from .errors import UserInputError
 from .settings import StrictModel, VideoSettings
 
 logger = logging.getLogger("vidguide")
 
-JOB_ID_PATTERN = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$")
+JOB_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{8}")
 JobStatus = Literal["queued", "running", "interrupted", "failed", "done"]
 FINGERPRINT_CHUNK = 1 << 20
 
 
-class JobError(ValueError):
+class JobError(UserInputError):
     """A job request or state problem, with a message for the user."""
 
 
 class JobNotFound(JobError):
-    pass
+    default_status = 404
 
 
 class Img2ImgSettings(StrictModel):
@@ -170,7 +171,7 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, job_id: str) -> Path:
-        if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+        if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
             raise JobNotFound(f"no job {job_id!r}: job ids look like 20250101-120000-1a2b3c4d")
         return self.root / job_id
 
@@ -224,7 +225,7 @@ class JobStore:
     def list(self) -> list[JobManifest]:
         manifests = []
         for path in sorted(self.root.iterdir(), reverse=True):
-            if not JOB_ID_PATTERN.match(path.name):
+            if not JOB_ID_PATTERN.fullmatch(path.name):
                 continue
             try:
                 manifests.append(self.get(path.name).manifest)

@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from .errors import UserInputError
 
-class PathNotAllowedError(ValueError):
+
+class PathNotAllowedError(UserInputError):
     """A caller-supplied path outside every allowed root."""
+
+    default_status = 403
 
 
 def parse_roots(text: str) -> list[Path]:

@@ -14,6 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .errors import UserInputError
+
 # The seed's showcase (seeds/001): 0.6 for the first 80 % of the img2img steps,
 # 0.4 afterwards. Its 0.1 for fast-moving pixels is the weight map's job
 # (flow.weight_map mode "motion"), not the schedule's.
@@ -28,7 +30,7 @@ PRESETS: dict[str, tuple[tuple[float, float], ...]] = {
 DEFAULT_SCHEDULE = "seed_showcase"
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserInputError):
     """A schedule text that is neither a preset nor a valid table."""
 
 

@@ -41,10 +41,21 @@ else:
     def field_check(*fields: str):
         return _validator(*fields, allow_reuse=True)
 
+    def _openapi_3_0_bounds(schema: dict, model: type) -> None:
+        """pydantic 1 writes gt/lt as numeric exclusiveMinimum/Maximum (JSON Schema draft 6);
+        the OpenAPI 3.0 documents FastAPI 0.94 serves need minimum + exclusiveMinimum: true."""
+        for prop in schema.get("properties", {}).values():
+            for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                bound = prop.get(exclusive)
+                if isinstance(bound, (int, float)) and not isinstance(bound, bool):
+                    prop[inclusive] = bound
+                    prop[exclusive] = True
+
     class StrictModel(BaseModel):  # type: ignore[no-redef]
         class Config:
             extra = pydantic.Extra.forbid
             validate_assignment = True
+            schema_extra = staticmethod(_openapi_3_0_bounds)
 
         @classmethod
         def from_dict(cls, data: dict):
@@ -198,8 +209,8 @@ class VideoSettings(StrictModel):
         description="How the source becomes a multiple of 8: resize (stretch to the size), crop (centre crop), "
         "pad (extend the edges while rendering; the output keeps the source's size).",
     )
-    fps: Optional[float] = Field(None, gt=0, le=240, description="Output frame rate; default the source's / every_nth.")
-    seed: int = Field(-1, description="Seed of every frame; -1 picks one at random (and reports it).")
+    fps: Optional[float] = Field(None, ge=0.01, le=240, description="Output frame rate; default the source's / every_nth.")
+    seed: int = Field(-1, ge=-1, le=2**32 - 1, description="Seed of every frame; -1 picks one at random (and reports it).")
     crf: int = Field(18, ge=0, le=51, description="H.264 quality (lower is better).")
 
     def size_plan(self, source_width: int, source_height: int):

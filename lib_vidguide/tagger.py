@@ -29,6 +29,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import UserInputError
 from .settings import TAGGER_FOLDER, TaggerSettings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ KAOMOJIS = frozenset(
 )
 
 
-class TaggerError(ValueError):
+class TaggerError(UserInputError):
     """A missing, incomplete or inconsistent tagger model, or an image it cannot take."""
 
 

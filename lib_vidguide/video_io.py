@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 
+from .errors import UserInputError
+
 if TYPE_CHECKING:
     import av.container
     import av.video.frame
@@ -89,7 +91,7 @@ _SWS_DECODE_FLAGS = 0x2 | 0x2000 | 0x40000  # SWS_BILINEAR | SWS_FULL_CHR_H_INT 
 _TRC_PQ, _TRC_HLG = 16, 18
 
 
-class VideoInputError(ValueError):
+class VideoInputError(UserInputError):
     """A video file, frame or parameter that cannot be used; the message says why and what to do."""
 
 

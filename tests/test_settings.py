@@ -87,3 +87,17 @@ def test_cli_reports_bad_values_without_a_traceback(capsys):
 def test_json_schema_is_available_for_the_api():
     schema = VideoSettings.json_schema()
     assert "guidance" in str(schema) and "every_nth" in str(schema)
+
+
+def test_the_api_schema_is_valid_openapi_3_0():
+    """pydantic 1 spells gt=0 as a numeric exclusiveMinimum; OpenAPI 3.0 needs the boolean form."""
+    from lib_vidguide.jobs import JobSettings
+    from lib_vidguide.settings import PYDANTIC_V2
+
+    text = str(JobSettings.json_schema())
+    if not PYDANTIC_V2:
+        assert "'exclusiveMinimum': 0" not in text and "'exclusiveMinimum': True" in text
+    with pytest.raises(ValueError, match="seed"):
+        VideoSettings(seed=10**40)
+    with pytest.raises(ValueError, match="fps"):
+        VideoSettings(fps=1e-6)

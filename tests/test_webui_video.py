@@ -174,8 +174,9 @@ def test_interrupt_stops_after_the_current_frame_and_writes_no_partial_video(vid
 
 def test_wrong_script_arg_count_is_a_clear_error(video_env):
     webui, clip, _ = video_env
-    with pytest.raises(ValueError, match="expected 11 script args"):
+    with pytest.raises(ValueError, match="expected 11 script args") as error:
         webui.img2img(script_name=TITLE, script_args=[str(clip), True])
+    assert error.value.status_code == 422  # the WebUI's API answers with it, not 500
 
 
 def test_a_missing_video_is_a_clear_error(video_env):
@@ -191,8 +192,9 @@ def test_api_paths_outside_the_allowed_roots_are_refused(video_env):
     link = tmp_path / "inputs" / "link.mp4"
     link.symlink_to(outside)
     for path in (outside, escape, link, "/etc/passwd"):
-        with pytest.raises(ValueError, match="outside the folders the API may use"):
+        with pytest.raises(ValueError, match="outside the folders the API may use") as error:
             webui.img2img(script_name=TITLE, script_args=video_args(str(path)))
+        assert error.value.status_code == 403
     assert not (tmp_path / "outputs" / "vidguide").exists() or not list((tmp_path / "outputs" / "vidguide").iterdir())
 
 

@@ -21,6 +21,7 @@ from modules import scripts
 
 from ..engine import FrameEvent, FrameGuideInput, FramePlan, RenderedFrame, RenderInterrupted, run_video
 from ..frame_guide import guidance_for_frame
+from ..errors import UserInputError
 from ..paths import resolve_inside
 from ..settings import VideoSettings, args_to_mapping, guidance_from_values
 from . import compat, hooks, host, ui
@@ -160,16 +161,35 @@ class VidGuideVideoScript(scripts.Script):
     def ui(self, is_img2img):
         return ui.video_controls(self.elem_id)
 
+    def _checked_request(self, p, args) -> tuple[str, Optional[str], VideoSettings]:
+        """Everything the caller sent, checked before any frame runs: (video path, temporary
+        copy to delete or None, settings). Bad input raises UserInputError, whose status code
+        the WebUI's API answers with (422, or 403 for a path outside the allowed folders)."""
+        from ..engine import plan_frames
+
+        temporary = None
+        try:
+            if getattr(p, "is_api", False):
+                sent = sent_script_arg_count(p, self)
+                if sent is not None and sent != len(args):
+                    args_to_mapping([None] * sent, ui.VIDEO_ARG_NAMES)  # raises "expected 11 script args ..., got n"
+            video_arg, settings = video_settings_from_args(args)
+            settings = VideoSettings.from_dict({**settings.to_dict(), "width": p.width, "height": p.height})
+            source, temporary = resolve_video(video_arg, from_api=bool(getattr(p, "is_api", False)))
+            plan_frames(source, settings)
+        except ValueError as error:
+            if temporary:
+                os.unlink(temporary)
+            if isinstance(error, UserInputError):
+                raise
+            raise UserInputError(str(error)) from error
+        return source, temporary, settings
+
     def run(self, p, *args):
         from modules import processing
         from modules.shared import state
 
-        if getattr(p, "is_api", False):
-            sent = sent_script_arg_count(p, self)
-            if sent is not None and sent != len(args):
-                args_to_mapping([None] * sent, ui.VIDEO_ARG_NAMES)  # raises "expected 11 script args ..., got n"
-        video_arg, settings = video_settings_from_args(args)
-        source, temporary = resolve_video(video_arg, from_api=bool(getattr(p, "is_api", False)))
+        source, temporary, settings = self._checked_request(p, args)
         try:
             processing.fix_seed(p)
             p.n_iter = 1
@@ -177,7 +197,6 @@ class VidGuideVideoScript(scripts.Script):
             p.do_not_save_grid = True
             p._vg_video_owned = True
             output = output_directory() / f"{time.strftime('%Y%m%d-%H%M%S')}-{p.seed}.mp4"
-            settings = VideoSettings.from_dict({**settings.to_dict(), "width": p.width, "height": p.height})
             renderer = WebUIFrameRenderer(p, settings, p.seed)
 
             def on_plan(plan: FramePlan) -> None:

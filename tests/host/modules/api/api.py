@@ -136,7 +136,7 @@ def create_api_app(demo=None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def handle_exception(request, error):  # the host's api_middleware answers errors like this
-        return JSONResponse(status_code=500, content={
+        return JSONResponse(status_code=vars(error).get("status_code", 500), content={
             "error": type(error).__name__, "detail": vars(error).get("detail", ""),
             "body": vars(error).get("body", ""), "errors": str(error),
         })
