@@ -323,3 +323,44 @@ def test_a_job_running_here_cannot_be_resumed_twice(env, monkeypatch):
     monkeypatch.setattr(video_script.WebUIFrameRenderer, "render", probing_render)
     assert jobs_host.run_job_here(job).status == "done"  # as the tab runs it, in its own request
     assert answers == {"resume": 409, "delete": 409}
+
+
+def test_unauthenticated_or_oversized_uploads_are_refused_before_their_body_is_stored(env, monkeypatch):
+    import starlette.formparsers as formparsers
+
+    from modules import shared
+
+    url, _, _ = env
+    spooled = []
+    original = formparsers.SpooledTemporaryFile
+
+    def recording(*args, **kwargs):
+        spooled.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(formparsers, "SpooledTemporaryFile", recording)
+    monkeypatch.setattr(shared.cmd_opts, "api_auth", "alice:s3cret")
+    monkeypatch.setattr(shared.cmd_opts, "vidguide_max_upload_mb", 1)
+    payload = os.urandom(3 << 20)
+    anonymous = requests.post(f"{url}{API}/jobs/upload", files={"file": ("a.mp4", payload)}, timeout=30)
+    assert anonymous.status_code == 401 and spooled == []
+    oversized = requests.post(f"{url}{API}/jobs/upload", files={"file": ("a.mp4", payload)},
+                              auth=("alice", "s3cret"), timeout=30)
+    assert oversized.status_code == 413 and spooled == []
+    inline = requests.post(f"{url}{API}/jobs", json={"source_base64": "A" * (3 << 20)}, auth=("alice", "s3cret"),
+                           timeout=30)
+    assert inline.status_code == 413
+
+    def chunked():
+        yield b'{"source_path": "x"}'
+
+    no_length = requests.post(f"{url}{API}/jobs", data=chunked(), auth=("alice", "s3cret"),
+                              headers={"Content-Type": "application/json"}, timeout=30)
+    assert no_length.status_code == 411
+
+
+def test_upload_errors_name_the_users_file_not_a_server_path(env):
+    url, _, _ = env
+    response = requests.post(f"{url}{API}/jobs/upload", files={"file": ("holiday.mp4", b"not a video")}, timeout=30)
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "holiday.mp4" in detail and "vidguide-upload-" not in detail

@@ -18,10 +18,9 @@ from typing import List, Optional
 from pydantic import Field
 
 from .. import __version__
-from ..jobs import JobError, JobNotFound, JobSettings, JobStatus
-from ..paths import PathNotAllowedError, resolve_inside
+from ..jobs import JobError, JobSettings, JobStatus
+from ..paths import resolve_inside
 from ..settings import StrictModel
-from ..video_io import VideoInputError
 from . import host, jobs_host
 
 logger = logging.getLogger("vidguide")
@@ -100,14 +99,30 @@ def api_credentials() -> dict[str, str]:
     return credentials
 
 
+def max_upload_bytes() -> int:
+    return int(host.cmd_option("vidguide_max_upload_mb", 2048)) * (1 << 20)
+
+
+def body_limit(method: str, path: str) -> Optional[int]:
+    """The largest request body a route accepts (None: no body expected)."""
+    if method != "POST":
+        return None
+    if path.endswith("/jobs/upload"):
+        return max_upload_bytes() + (1 << 20)  # the file plus the multipart envelope and settings
+    if path.endswith("/jobs"):
+        return max_upload_bytes() * 4 // 3 + (1 << 20)  # base64 of the largest video, plus settings
+    return 1 << 20
+
+
 def build_router():
-    from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+    from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
     from fastapi.responses import FileResponse
+    from fastapi.routing import APIRoute
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
     basic = HTTPBasic(auto_error=False)
 
-    def require_auth(credentials: Optional[HTTPBasicCredentials] = Depends(basic)) -> None:
+    def check_credentials(credentials: Optional[HTTPBasicCredentials]) -> None:
         allowed = api_credentials()
         if not allowed:
             return
@@ -118,31 +133,56 @@ def build_router():
         raise HTTPException(status_code=401, detail="Incorrect username or password",
                             headers={"WWW-Authenticate": "Basic"})
 
-    router = APIRouter(prefix=PREFIX, tags=["VidGuide"], dependencies=[Depends(require_auth)])
+    def require_auth(credentials: Optional[HTTPBasicCredentials] = Depends(basic)) -> None:
+        # Also a dependency, so that the OpenAPI document declares the Basic security scheme.
+        check_credentials(credentials)
+
+    class CheckedFirstRoute(APIRoute):
+        """Credentials and the body's announced size are checked before FastAPI reads the body:
+        an unauthenticated or oversized upload is refused before a byte of it is stored."""
+
+        def get_route_handler(self):
+            handle = super().get_route_handler()
+
+            async def checked(request: Request):
+                check_credentials(await basic(request))
+                limit = body_limit(request.method, request.url.path)
+                if limit is not None:
+                    length = request.headers.get("content-length")
+                    if length is None or not length.isdigit():
+                        raise HTTPException(status_code=411, detail="send the request with a Content-Length header")
+                    if int(length) > limit:
+                        raise too_large()
+                return await handle(request)
+
+            return checked
+
+    router = APIRouter(prefix=PREFIX, tags=["VidGuide"], dependencies=[Depends(require_auth)],
+                       route_class=CheckedFirstRoute)
 
     def http_error(error: Exception) -> HTTPException:
-        if isinstance(error, JobNotFound):
-            return HTTPException(status_code=404, detail=str(error))
-        if isinstance(error, PathNotAllowedError):
-            return HTTPException(status_code=403, detail=str(error))
-        if isinstance(error, (JobError, VideoInputError, ValueError)):
+        status = getattr(error, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            return HTTPException(status_code=status, detail=str(error))
+        if isinstance(error, ValueError):
             return HTTPException(status_code=422, detail=str(error))
         return HTTPException(status_code=500, detail=f"{type(error).__name__}: {error}")
-
-    def max_upload_bytes() -> int:
-        return int(host.cmd_option("vidguide_max_upload_mb", 2048)) * (1 << 20)
 
     def too_large() -> HTTPException:
         return HTTPException(status_code=413, detail=(
             f"the video is larger than the upload limit of {max_upload_bytes() >> 20} MB; put it in an allowed "
             "folder on the server and send source_path, or raise --vidguide-max-upload-mb"))
 
-    def start(source: Path, settings: JobSettings, *, copy: bool, name: str) -> JobInfo:
+    def start(source: Path, settings: JobSettings, *, copy: bool, name: str, shown_as: Optional[str] = None) -> JobInfo:
+        """``shown_as``: how messages name an upload (its temporary path means nothing to the caller)."""
         try:
             jobs_host.validate_settings(settings, from_api=True)
             job = jobs_host.job_store().create(source, settings, copy_source=copy, name=name)
         except Exception as error:  # noqa: BLE001 - every bad input becomes a 4xx with its message
-            raise http_error(error) from error
+            failure = http_error(error)
+            if shown_as is not None and isinstance(failure.detail, str):
+                failure.detail = failure.detail.replace(str(source), shown_as)
+            raise failure from error
         jobs_host.worker().submit(job.job_id)
         return job_info(job.manifest)
 
@@ -176,7 +216,7 @@ def build_router():
         with tempfile.TemporaryDirectory(prefix="vidguide-upload-") as folder:
             path = Path(folder) / "upload.video"
             path.write_bytes(data)
-            return start(path, request.settings, copy=True, name=request.name or "upload")
+            return start(path, request.settings, copy=True, name=request.name or "upload", shown_as="the inline video")
 
     @router.post("/jobs/upload", response_model=JobInfo, summary="Start a video job from an uploaded file")
     def upload_job(file: UploadFile = File(...), settings: str = Form("{}"), name: str = Form("")) -> JobInfo:
@@ -202,7 +242,8 @@ def build_router():
                     if written > limit:
                         raise too_large()
                     out.write(chunk)
-            return start(path, parsed, copy=True, name=name or Path(file.filename or "upload").stem)
+            shown_as = f"the uploaded file {Path(file.filename or 'upload').name!r}"
+            return start(path, parsed, copy=True, name=name or Path(file.filename or "upload").stem, shown_as=shown_as)
 
     @router.get("/jobs", response_model=JobList, summary="All jobs, newest first")
     def list_jobs() -> JobList:
