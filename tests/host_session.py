@@ -12,6 +12,9 @@ import numpy as np
 from PIL import Image
 
 
+WEBUI_ROOT = Path(__file__).resolve().parent / "host" / "webui_root"
+
+
 def to_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -44,9 +47,14 @@ class HostSession:
     def start(cls, repo: Path) -> "HostSession":
         from modules import scripts, sd_models, shared
 
+        from modules import script_callbacks
+
         shared.preload_extensions([str(repo)])
         shared.sd_model = sd_models.load_tiny_model()
-        runner = scripts.load_scripts([str(repo)])
+        # The WebUI's own scripts (X/Y/Z plot) load first, then extensions'; before_ui comes
+        # after every script is loaded and before the UI is built.
+        runner = scripts.load_scripts([str(WEBUI_ROOT), str(repo)])
+        script_callbacks.before_ui_callback()
         runner.initialize_scripts(is_img2img=True)
         runner.setup_ui()
         return cls(repo, runner)

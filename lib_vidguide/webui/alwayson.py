@@ -11,8 +11,8 @@ from modules import scripts
 
 from ..frame_guide import build_guide_target, motion_between
 from ..guidance import StepGuidance
-from ..settings import ALWAYSON_ARG_NAMES, GuidanceSettings, args_to_mapping, guidance_from_values
-from . import compat, hooks, host, ui
+from ..settings import ALWAYSON_ARG_NAMES, INFOTEXT_LABELS, GuidanceSettings, args_to_mapping, guidance_from_values
+from . import compat, hooks, host, ui, xyz
 
 logger = host.configure_logging()
 
@@ -31,7 +31,7 @@ class GuidanceRequest:
     @classmethod
     def from_args(cls, p: Any, args: tuple) -> "GuidanceRequest | None":
         values = args_to_mapping(args, ALWAYSON_ARG_NAMES)
-        settings = guidance_from_values(values)
+        settings = guidance_from_values({**values, **xyz.overrides(p)})
         if not settings.enabled:
             return None
         if compat.to_pil(values["guide_image"]) is None:
@@ -65,7 +65,14 @@ class VidGuideFlowScript(scripts.Script):
         return scripts.AlwaysVisible if is_img2img else False
 
     def ui(self, is_img2img):
-        return ui.alwayson_controls(self.elem_id)
+        controls = ui.alwayson_controls(self.elem_id)
+        by_name = dict(zip(ALWAYSON_ARG_NAMES, controls))
+        # Paste / "send to img2img" restore every setting from the infotext, and switch the
+        # script on only for images that were made with it.
+        self.infotext_fields = [(by_name["enabled"], lambda params: INFOTEXT_LABELS["strength"] in params)]
+        self.infotext_fields += [(by_name[name], label) for name, label in INFOTEXT_LABELS.items()]
+        self.paste_field_names = list(INFOTEXT_LABELS.values())
+        return controls
 
     def process(self, p, *args):
         # Callbacks leak when a generation fails before cleanup: drop any activation that is not

@@ -272,7 +272,9 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
         "Size": f"{p.width}x{p.height}", "Denoising strength": p.denoising_strength,
     }
     generation_params.update(p.extra_generation_params)
-    text = ", ".join(f"{k}: {v}" for k, v in generation_params.items() if v is not None)
+    from modules.infotext_utils import quote
+
+    text = ", ".join(f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)
     return f"{all_prompts[index]}\nNegative prompt: {p.negative_prompt}\n{text}"
 
 

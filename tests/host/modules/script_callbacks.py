@@ -181,6 +181,10 @@ def infotext_pasted_callback(infotext: str, params: dict[str, Any]):
     _dispatch("infotext_pasted", infotext, params)
 
 
+def before_ui_callback():
+    _dispatch("before_ui")
+
+
 def script_unloaded_callback():
     for callback in reversed(ordered_callbacks("script_unloaded")):
         try:

@@ -209,12 +209,17 @@ class ScriptRunner:
         script.controls = list(controls)
         self.inputs.extend(script.controls)
         script.args_to = len(self.inputs)
+        # Scripts set these in ui(); the host collects them for paste / "send to".
+        self.infotext_fields += script.infotext_fields or []
+        self.paste_field_names += script.paste_field_names or []
 
     def setup_ui(self):
         """Build every script's UI inside a Blocks, AlwaysOn first, then the selectable ones."""
         import gradio as gr
 
         self.titles = [script.title() for script in self.selectable_scripts]
+        self.infotext_fields = []
+        self.paste_field_names = []
         with gr.Blocks(analytics_enabled=False):
             for script in self.alwayson_scripts:
                 with gr.Group(visible=script.alwayson) as group:
