@@ -19,6 +19,8 @@
         vidguide_skip: "Skip the current frame (it becomes the previous output moved by the flow)",
         vidguide_job_resume: "Continue the selected job from its last finished frame",
         vidguide_job_delete: "Delete the selected job and its files (not while it runs)",
+        vidguide_mb_run: "Animate the image with Stable Video Diffusion; only the painted part moves",
+        vidguide_mb_interrupt: "Stop the motion brush after the current sampling step; nothing is written",
     };
 
     function root() {
@@ -70,6 +72,8 @@
 
     window.vidguideSubmit = submitter("vidguide_results", "vidguide_preview");
     window.vidguideResume = submitter("vidguide_job_results", "vidguide_job_video");
+    // Motion brush sub-tab: the same progress bar above its result column.
+    window.vidguideMotionBrushSubmit = submitter("vidguide_mb_results", "vidguide_mb_result_video");
 
     window.vidguideInterrupting = function() {
         var scope = tab();

@@ -91,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(video, VideoSettings, skip=("guidance",))
     add_model_options(video, GuidanceSettings)
 
+    from .pipelines.attention_flow import register_cli as register_attention_flow
+    from .pipelines.motion_inversion import register_cli as register_motion_inversion
     from .pipelines.tune_a_video import register_cli as register_tune_a_video
     from .svd_motion_brush import register_cli as register_motion_brush
 
     register_motion_brush(commands)
     register_tune_a_video(commands)
+    register_motion_inversion(commands)
+    register_attention_flow(commands)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on a tiny random-weight model")
     demo.add_argument("--out", default="out", help="output folder (default: out)")

@@ -61,6 +61,7 @@ __all__ = [
     "list_checkpoints",
     "make_accelerator",
     "make_optimizer",
+    "optimizer_parameters",
     "resolve_mixed_precision",
     "run_training",
 ]
@@ -156,6 +157,10 @@ class TrainingTask(Protocol):
         """Re-apply processors and hooks, move the frozen parts, fill caches: called at the start of every run."""
 
     def trainable_parameters(self) -> Dict[str, Any]: ...
+
+    # Optional: ``learning_rate_scales() -> Dict[str, float]`` maps trainable names to a factor of
+    # ``settings.learning_rate`` (missing names: 1.0), for methods that train two kinds of tensors at
+    # different rates (Motion Inversion's hybrid loss: embeddings at 0.05, spatial LoRAs at 5e-4).
 
     def dataset_size(self) -> int: ...
 
@@ -268,10 +273,21 @@ def make_accelerator(mixed_precision: str, device: Any = None):
 
 
 def make_optimizer(parameters: List[Any], settings: TrainingSettings, device: Any) -> tuple[Any, List[str]]:
-    """AdamW over ``parameters``: bitsandbytes' 8-bit AdamW when asked for and usable, else torch's."""
+    """AdamW over ``parameters``: bitsandbytes' 8-bit AdamW when asked for and usable, else torch's.
+
+    ``parameters`` is a list of tensors, or of torch parameter-group dicts; a group's optional
+    ``lr_scale`` multiplies ``settings.learning_rate`` for that group (kept in the group, so it
+    survives ``optimizer.state_dict()`` and a resume).
+    """
     import torch
 
     notes: List[str] = []
+    if parameters and isinstance(parameters[0], dict):
+        parameters = [
+            {**group, "lr_scale": float(group.get("lr_scale", 1.0)),
+             "lr": settings.learning_rate * float(group.get("lr_scale", 1.0))}
+            for group in parameters
+        ]
     options = dict(
         lr=settings.learning_rate,
         betas=(settings.adam_beta1, settings.adam_beta2),
@@ -291,6 +307,20 @@ def make_optimizer(parameters: List[Any], settings: TrainingSettings, device: An
             else:
                 return bitsandbytes.optim.AdamW8bit(parameters, **options), notes
     return torch.optim.AdamW(parameters, **options), notes
+
+
+def optimizer_parameters(task: Any, trainables: Dict[str, Any]) -> List[Any]:
+    """What :func:`make_optimizer` gets for ``task``: its tensors, or groups by the task's ``learning_rate_scales``."""
+    scales_of = getattr(task, "learning_rate_scales", None)
+    if scales_of is None:
+        return list(trainables.values())
+    scales = scales_of()
+    groups: Dict[float, List[Any]] = {}
+    for name, param in trainables.items():  # insertion order: deterministic groups
+        groups.setdefault(float(scales.get(name, 1.0)), []).append(param)
+    if list(groups) == [1.0]:
+        return list(trainables.values())
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
 def _learning_rate(settings: TrainingSettings, step: int) -> float:
@@ -489,7 +519,7 @@ def run_training(
     model.train()
 
     # 2. Optimizer, then accelerate (device placement, autocast, DDP under accelerate launch).
-    optimizer, optimizer_notes = make_optimizer(list(trainables.values()), settings, device)
+    optimizer, optimizer_notes = make_optimizer(optimizer_parameters(task, trainables), settings, device)
     notes.extend(optimizer_notes)
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
     # Each process draws its own noise; the data order is shared.
@@ -514,7 +544,7 @@ def run_training(
         while step < settings.max_train_steps:
             learning_rate = _learning_rate(settings, step)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+                group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             item = data_order.next()
             loss = task.training_loss(prepared_model, item, generator)
             if not torch.isfinite(loss.detach()).all():

@@ -111,6 +111,10 @@ def body_limit(method: str, path: str) -> Optional[int]:
         return max_upload_bytes() + (1 << 20)  # the file plus the multipart envelope and settings
     if path.endswith("/jobs"):
         return max_upload_bytes() * 4 // 3 + (1 << 20)  # base64 of the largest video, plus settings
+    if path.endswith("/motion-brush"):  # the motion brush's image and mask (motion_brush_host.py)
+        from .motion_brush_host import request_body_limit
+
+        return request_body_limit()
     return 1 << 20
 
 
@@ -303,6 +307,11 @@ def build_router():
         except JobError as error:
             raise HTTPException(status_code=409, detail=str(error)) from error
         return Deleted(deleted=job_id)
+
+    # The motion brush's routes (lib_vidguide/webui/motion_brush_host.py), with the same auth and body checks.
+    from . import motion_brush_host
+
+    motion_brush_host.register_routes(router, http_error, PREFIX)
 
     return router
 

@@ -231,3 +231,128 @@ def gpu_call(func, extra_outputs: Optional[list] = None):
                 state.end()
 
     return wrapped
+
+
+# --------------------------------------------------------------------------- motion brush input
+# (added for the "Motion brush" sub-tab: lib_vidguide/webui/motion_brush_tab.py)
+
+_sketch_image_class: Any = None
+
+
+def _gradio3_sketch_image_class():
+    """gradio 3.41's ``gr.Image`` with the sketch tool, except that an image with no stroke yet is
+    not an error: its frontend sends ``{"image": ..., "mask": null}`` until the first stroke, and the
+    stock preprocess then fails decoding ``None``. Here a missing mask becomes a blank one of the
+    image's size (nothing painted), which the motion brush reads as "the whole image moves"."""
+    global _sketch_image_class
+    if _sketch_image_class is not None:
+        return _sketch_image_class
+    import gradio as gr
+
+    class MotionBrushSketch(gr.Image):
+        def get_block_name(self) -> str:
+            return "image"  # the same frontend component as gr.Image
+
+        def preprocess(self, x):
+            if isinstance(x, dict) and x.get("image") and not x.get("mask"):
+                x = {**x, "mask": _blank_mask_like(x["image"])}
+            return super().preprocess(x)
+
+    _sketch_image_class = MotionBrushSketch
+    return MotionBrushSketch
+
+
+def _blank_mask_like(data_url: str) -> str:
+    """A fully transparent PNG (as a data URL) the size of the picture in ``data_url``."""
+    from PIL import Image
+
+    picture = to_pil(data_url)
+    buffer = io.BytesIO()
+    Image.new("RGBA", picture.size, (0, 0, 0, 0)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def brush_input(label: str, elem_id: str, *, brush_color: str = "#e83e8c", height: int = 360):
+    """An image upload the user paints a mask on: gradio 3's sketch tool on ``gr.Image`` (A1111),
+    gradio 4's ``gr.ImageEditor`` with a one-colour brush (Forge, whose shim would silently drop
+    ``tool="sketch"``). Read its value with :func:`brush_image_and_mask`."""
+    import gradio as gr
+
+    if gradio_major() >= 4:
+        options: dict[str, Any] = dict(label=label, type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                                       elem_id=elem_id, height=height, layers=False, transforms=())
+        try:
+            options["brush"] = gr.Brush(colors=[brush_color], color_mode="fixed")
+        except (AttributeError, TypeError):  # an ImageEditor without gr.Brush: its default brush
+            pass
+        try:
+            return gr.ImageEditor(**options)
+        except TypeError:  # older 4.x without some of the keywords above
+            for name in ("layers", "transforms", "brush", "height"):
+                options.pop(name, None)
+            return gr.ImageEditor(**options)
+    return _gradio3_sketch_image_class()(
+        label=label, source="upload", tool="sketch", type="pil", image_mode="RGB", elem_id=elem_id,
+        height=height, brush_color=brush_color, mask_opacity=0.6)
+
+
+def _alpha_or_brightness(layer: Any):
+    """A painted layer as a PIL "L" mask: its alpha when it has one, else its brightness."""
+    from PIL import Image
+
+    if isinstance(layer, np.ndarray):
+        array = layer
+        if array.dtype != np.uint8:
+            array = np.clip(np.asarray(array, dtype=np.float32) * (255.0 if array.max(initial=0) <= 1.0 else 1.0),
+                            0, 255).astype(np.uint8)
+        layer = Image.fromarray(array)
+    if not isinstance(layer, Image.Image):
+        layer = to_pil(layer)
+    if layer is None:
+        return None
+    if layer.mode in ("RGBA", "LA", "PA") or (layer.mode == "P" and "transparency" in layer.info):
+        return layer.convert("RGBA").getchannel("A")
+    return layer.convert("L")
+
+
+def brush_image_and_mask(value: Any) -> tuple[Any, Any]:
+    """(image, mask) from the brush input's value; the mask is a PIL "L" image (255 = painted,
+    i.e. may move) or None when there is nothing to read. Accepted values:
+
+    * gradio 3 sketch: ``{"image": PIL, "mask": PIL}``, the mask's painted pixels white;
+    * gradio 4 ImageEditor: ``{"background": ..., "layers": [...], "composite": ...}``, the mask
+      being every layer's alpha together (the layers hold only the strokes);
+    * a plain image (PIL, numpy or base64, e.g. where a host turned the input into a plain
+      ``gr.Image``): no mask.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, dict):
+        if "background" in value or "layers" in value:
+            image = value.get("background")
+            if image is None:
+                image = value.get("composite")
+            masks = [mask for mask in (_alpha_or_brightness(layer) for layer in value.get("layers") or []
+                                       if layer is not None) if mask is not None]
+            if not masks:
+                return image, None
+            union = np.maximum.reduce([np.asarray(mask, dtype=np.uint8) for mask in masks]) \
+                if len({mask.size for mask in masks}) == 1 else np.asarray(masks[0], dtype=np.uint8)
+            from PIL import Image
+
+            return image, Image.fromarray(union, mode="L")
+        image, mask = value.get("image"), value.get("mask")
+        return image, (_alpha_or_brightness(mask) if mask is not None else None)
+    return value, None
+
+
+def brush_edited_listeners(component) -> list:
+    """The brush input's events that mean "the image or the mask changed", as listener methods.
+
+    gradio 3.41's sketch image dispatches ``change`` whenever its page re-renders (its value is an
+    object, re-assigned on every update), so a ``change`` listener whose outputs re-render the page
+    fires again and again; ``edit`` (a stroke ended), ``upload`` and ``clear`` fire once per user
+    action. gradio 4's ImageEditor has a well-behaved ``change``."""
+    if gradio_major() >= 4:
+        return [component.change]
+    return [component.edit, component.upload, component.clear]

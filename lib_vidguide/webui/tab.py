@@ -651,6 +651,13 @@ def on_ui_tabs():
                     with gr.Column(scale=2, elem_id="vidguide_job_results"):
                         job_video = gr.Video(label="Output", interactive=False, elem_id="vidguide_job_video")
 
+            # --- Motion brush sub-tab: built by lib_vidguide/webui/motion_brush_tab.py (events included).
+            with gr.TabItem("Motion brush", id="vidguide_motion_brush_tab", elem_id="vidguide_motion_brush_tab"):
+                from . import motion_brush_tab
+
+                motion_brush_tab.build()
+            # --- end of the motion brush sub-tab.
+
         # Generate and Resume run like txt2img: the host's GPU wrapper, the task id from the JS.
         generate_button.click(
             fn=compat.gpu_call(generate, extra_outputs=[gr.update(), gr.update()]),
