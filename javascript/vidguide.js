@@ -21,6 +21,10 @@
         vidguide_job_delete: "Delete the selected job and its files (not while it runs)",
         vidguide_mb_run: "Animate the image with Stable Video Diffusion; only the painted part moves",
         vidguide_mb_interrupt: "Stop the motion brush after the current sampling step; nothing is written",
+        vidguide_ed_train: "Train on the source video and its prompt; the result is a trained artefact",
+        vidguide_ed_resume: "Continue the selected interrupted training from its newest checkpoint",
+        vidguide_ed_edit: "Edit the video (or generate, for Motion Inversion) with the edit prompt(s)",
+        vidguide_ed_interrupt: "Stop after the current step: a training keeps its checkpoint, an edit writes nothing",
     };
 
     function root() {
@@ -74,6 +78,8 @@
     window.vidguideResume = submitter("vidguide_job_results", "vidguide_job_video");
     // Motion brush sub-tab: the same progress bar above its result column.
     window.vidguideMotionBrushSubmit = submitter("vidguide_mb_results", "vidguide_mb_result_video");
+    // Edit sub-tab (Train, Resume training, Edit): the progress bar above its result column.
+    window.vidguideEditSubmit = submitter("vidguide_ed_results", "vidguide_ed_result_video");
 
     window.vidguideInterrupting = function() {
         var scope = tab();

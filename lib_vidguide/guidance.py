@@ -16,6 +16,10 @@ Two output conventions exist:
   both conversions are affine. At DDIM's last call the schedule ends at
   alpha_bar[1] < 1, not at 0, so eps_k is instead the epsilon whose DDIM update
   lands exactly on k0 (HOST_A1111.md §9).
+
+Forge runs DDIM with x0 after CFG (in k-diffusion scaling, sigma instead of t) and
+turns it back into epsilon itself; its DDIM still ends at alpha_bar[1], so at the last
+call the x0 handed back is the one whose DDIM update lands on k0 (HOST_A1111.md §9.1).
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ def eps_landing_on(x_t: "torch.Tensor", target: "torch.Tensor", alpha_bar: float
     return (target - scale_x * x_t) / scale_eps
 
 
+def x0_landing_on(x: "torch.Tensor", target: "torch.Tensor", sigma: float, alpha_bar_prev: float) -> "torch.Tensor":
+    """The x0 for which a deterministic DDIM step lands on ``target``, in k-diffusion scaling.
+
+    With x = x_t / sqrt(a) and sigma = sqrt((1 - a) / a), DDIM's epsilon is (x - x0) / sigma and
+    x_prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * (x - x0) / sigma; solve for x0.
+    """
+    c = math.sqrt(1.0 - alpha_bar_prev) / sigma
+    return (target - c * x) / (math.sqrt(alpha_bar_prev) - c)
+
+
 @dataclass(frozen=True)
 class SamplerConventions:
     """What the host's denoiser hands to the after-CFG hook, per sampler family.
@@ -66,7 +80,8 @@ class SamplerConventions:
     ``output_is_eps``: the after-CFG tensor is epsilon (A1111 DDIM/PLMS/UniPC).
     ``sigma_is_timestep``: the noise-level argument holds DDPM timesteps 0..999.
     ``alphas_cumprod``: the model's alpha_bar table, needed for epsilon outputs.
-    ``ddim_timesteps``: the DDIM timestep grid, when known, for the exact last step.
+    ``ddim_timesteps``: the DDIM timestep grid, when known, for the exact last step (with
+    x0 outputs too: Forge's DDIM, whose callbacks see sigma and x0).
     ``sigma_to_t``: maps sigma to a (continuous) DDPM timestep, for progress.
     """
 
@@ -183,6 +198,7 @@ class StepGuidance:
     extra: list[GuideTerm] = field(default_factory=list)
     history: list[StepRecord] = field(default_factory=list)
     _x_t: "torch.Tensor | None" = None
+    _sigma: float | None = None
     _timestep: float | None = None
     _start_timestep: float | None = None
 
@@ -195,6 +211,7 @@ class StepGuidance:
         if self.conventions is None:
             raise RuntimeError("StepGuidance needs the sampler's conventions before its first step")
         self._x_t = x_t
+        self._sigma = float(sigma.detach().flatten()[0].float().item())
         self._timestep = self.conventions.timestep_of(sigma)
         if self._start_timestep is None:
             self._start_timestep = self._timestep
@@ -223,6 +240,8 @@ class StepGuidance:
             guide, weight_map = term.like(output)
             if self.conventions.output_is_eps:
                 guide, rule = self._eps_toward(guide, output)
+            elif self.conventions.ddim_timesteps:
+                guide, rule = self._x0_toward(guide, output)
             output = blend_x0(output, guide, weight_map * scalar)
         self.history.append(StepRecord(self._timestep, progress, weights[0], rule, tuple(weights[1:])))
         return output
@@ -240,6 +259,17 @@ class StepGuidance:
         if previous_t is not None and previous_t == self.conventions.ddim_timesteps[0]:
             return eps_landing_on(x_t, guide, alpha_bar, float(alphas[previous_t])), "eps-last"
         return x0_to_eps(x_t, guide, alpha_bar), "eps"
+
+    def _x0_toward(self, guide: "torch.Tensor", x0: "torch.Tensor"):
+        """For x0 outputs of a DDIM run (Forge): the guide itself, except at the last call, where
+        it is the x0 whose DDIM update lands on ``guide``."""
+        if self.conventions.alphas_cumprod is None or self._x_t is None or not self._sigma:
+            return guide, "x0"
+        previous_t = self._previous_ddim_timestep(int(round(self._timestep)))
+        if previous_t is not None and previous_t == self.conventions.ddim_timesteps[0]:
+            alpha_prev = float(self.conventions.alphas_cumprod[previous_t])
+            return x0_landing_on(self._x_t.to(x0), guide, self._sigma, alpha_prev), "x0-last"
+        return guide, "x0"
 
     def _previous_ddim_timestep(self, t: int) -> int | None:
         grid = self.conventions.ddim_timesteps

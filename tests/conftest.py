@@ -1,4 +1,5 @@
-"""Test set-up: the host stand-in on sys.path, one thread, and a loaded WebUI "session"."""
+"""Test set-up: the host stand-in on sys.path (playing A1111, or Forge with
+VIDGUIDE_STANDIN_HOST=forge), one thread, and a loaded WebUI "session"."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ if str(HOST) not in sys.path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_report_header(config):
+    from modules import standin_mode
+
+    return f"host stand-in: {standin_mode.NAME} (VIDGUIDE_STANDIN_HOST; tests/host/README.md)"
 
 
 def pytest_configure(config):

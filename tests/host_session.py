@@ -15,6 +15,13 @@ from PIL import Image
 WEBUI_ROOT = Path(__file__).resolve().parent / "host" / "webui_root"
 
 
+def forge_mode() -> bool:
+    """Whether the stand-in plays Forge (VIDGUIDE_STANDIN_HOST=forge, tests/host/README.md)."""
+    from modules import standin_mode
+
+    return standin_mode.FORGE
+
+
 def to_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -38,6 +38,7 @@ MAX_EXAMPLES = int(os.environ.get("VIDGUIDE_FUZZ_EXAMPLES", "30"))
 SEED = int(os.environ.get("VIDGUIDE_FUZZ_SEED", "20250101"))
 STEER_EVERY = 3  # every third POST /jobs body and job-id path gets a real video / job
 UNKNOWN_JOB = "20250101-000000-00000000"  # well-formed, never exists
+UNKNOWN_ARTEFACT = "20250101-000000-tav-000000"  # a well-formed trained-artefact id (edit_host.py), never exists
 
 # Status codes seen per operation, printed at the end (pytest -s) as the run's summary.
 SEEN: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -289,6 +290,7 @@ def test_hand_picked_uploads_are_4xx(fuzz_env, filename, settings, expected):
 def concrete_request(operation, clip) -> dict:
     """A well-formed request for ``operation``: with credentials it would succeed, or 404."""
     method, path = operation.method.upper(), operation.path.replace("{job_id}", UNKNOWN_JOB)
+    path = path.replace("{artefact_id}", UNKNOWN_ARTEFACT).replace("{file_name}", f"{UNKNOWN_ARTEFACT}.mp4")
     request = {"method": method, "path": path}
     if (method, path) == ("POST", f"{API}/jobs"):
         request["json"] = {"source_path": str(clip), "settings": tiny_settings()}
@@ -298,6 +300,20 @@ def concrete_request(operation, clip) -> dict:
     elif (method, path) == ("POST", f"{API}/motion-brush"):
         # No SVD model is installed here: with credentials the request is read and refused for that reason.
         request["json"] = {"image": TINY_PNG_BASE64, "model": "no-such-svd-model"}
+    elif method == "POST" and path.startswith(f"{API}/edit/"):
+        # The Edit routes (edit_host.py): no base model or trained artefact exists here, so with credentials
+        # the request is read and refused for that reason (422 unknown model, 404 unknown artefact).
+        clip_settings = {"frames": 2, "width": 64, "height": 64, "sample_stride": 1, "max_train_steps": 1}
+        request["json"] = {
+            f"{API}/edit/tune-a-video/train": {"source_path": str(clip), "prompt": "a clip", "model": "no-such-model",
+                                               "settings": clip_settings},
+            f"{API}/edit/motion-inversion/train": {"source_path": str(clip), "prompt": "a clip",
+                                                   "model": "no-such-model", "settings": clip_settings},
+            f"{API}/edit/tune-a-video/edit": {"artefact_id": UNKNOWN_ARTEFACT, "prompts": ["an edit"]},
+            f"{API}/edit/motion-inversion/generate": {"artefact_id": UNKNOWN_ARTEFACT, "prompts": ["an edit"]},
+            f"{API}/edit/attention-flow/edit": {"source_path": str(clip), "source_prompt": "a clip",
+                                                "prompts": ["an edit"], "model": "no-such-model"},
+        }.get(path)  # the /edit/trainings/{artefact_id}/... POSTs have no body
     return request
 
 
@@ -347,6 +363,9 @@ def test_every_operation_answers_401_without_credentials_when_api_auth_is_set(fu
         response = requests.request(url=url, auth=("alice", "s3cret"), timeout=30, **request)
         if label == f"POST {API}/motion-brush":
             assert response.status_code in (404, 422) and "svd" in response.text, (label, response.text)
+        elif label.startswith(f"POST {API}/edit/"):
+            assert response.status_code in (404, 422), (label, response.status_code, response.text)
+            assert "no-such-model" in response.text or UNKNOWN_ARTEFACT in response.text, (label, response.text)
         else:
             assert response.status_code in (200, 404), (label, response.status_code, response.text)
     # Only the two authorised POSTs (server path and upload) started jobs.

@@ -157,6 +157,9 @@ def test_cancel_keeps_the_frames_and_resume_finishes_identically(env, monkeypatc
     def slow_render(self, frame, guide, index):
         result = original(self, frame, guide, index)
         if index == 1:
+            deadline = time.time() + 30  # the worker may get here before the POST's answer reached the test
+            while "id" not in job_id and time.time() < deadline:
+                time.sleep(0.01)
             requests.post(f"{url}{API}/jobs/{job_id['id']}/cancel", timeout=30)
         return result
 

@@ -184,7 +184,7 @@ class Env:
 
     def assert_complete(self, info: dict) -> dict:
         """A finished job whose output holds exactly the frames the job reports; returns the manifest."""
-        assert info["status"] == "done", info
+        assert info["status"] == "done", json.dumps(info)  # whole, so a rare failure says why
         assert info["frames_done"] == info["frames_total"] and info["progress"] == 1.0, info
         folder = self.jobs_root / info["job_id"]
         output = folder / "output.mp4"

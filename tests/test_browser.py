@@ -7,7 +7,7 @@ javascript/vidguide.js reaches wrap_gradio_gpu_call and /internal/progress); Int
 a job after its current frame with every finished frame on disk; the Jobs sub-tab lists it
 as interrupted and resumes it to the same frames as an uninterrupted run.
 
-Screenshots go to tests/artefacts/browser/ (one per step, and one for any failure).
+Screenshots go to tests/artefacts/gradio<major>/ (one per step, and one for any failure).
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("playwright.sync_api")
+import browser_support  # noqa: E402
 from test_audio import make_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARTEFACTS = REPO / "tests" / "artefacts" / "browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = browser_support.TIMEOUT_MS
 # Small and quick on the tiny model; the same for every job here so their frames compare.
 SETTINGS = {"prompt": "a painting", "steps": 6, "denoising_strength": 0.5, "seed": 9, "width": 64, "height": 64}
 
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")
+needs_chromium = browser_support.needs_chromium
 
 
 @dataclass
@@ -84,46 +81,19 @@ def site(webui, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(site):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with browser_support.chromium() as browser:
+        yield browser
 
 
-def screenshot(page, name: str) -> Path:
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTEFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
+screenshot = browser_support.screenshot  # into tests/artefacts/gradio<major>/
 
 
 @pytest.fixture
 def page(browser, site, request, record_property):
     """A fresh page on the stand-in WebUI (nothing outside loopback is fetched); a screenshot if the test fails."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith((site.url, "data:", "blob:"))
-               else route.abort())
-    failed_before = request.session.testsfailed
-    page.goto(site.url + "/")
-    page.wait_for_selector("#tabs")
-    page.shots = []
-    yield page
-    if request.session.testsfailed > failed_before:
-        path = screenshot(page, f"FAILED-{request.node.name}")
-        record_property("failure_screenshot", str(path))
-        print(f"failure screenshot: {path}")
-    for index, shot in enumerate(page.shots):
-        record_property(f"screenshot_{index}", str(shot))
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    viewport = {"width": 1400, "height": 1000}
+    with browser_support.open_page(browser, site.url, request, record_property, viewport=viewport) as page:
+        yield page
 
 
 def open_vidguide(page) -> None:
@@ -133,6 +103,15 @@ def open_vidguide(page) -> None:
 
 def open_sub_tab(page, label: str) -> None:
     page.click(f"#vidguide_tabs > .tab-nav button:has-text('{label}')")
+
+
+def job_row(page, job_id: str):
+    """The Jobs table's row of ``job_id``. gradio 4's table has its rows in a virtual table
+    (``tr[slot=tbody]``) and, before it, a hidden one-row table of each column's longest value."""
+    from webui_page import gradio_major
+
+    rows = "#vidguide_jobs_table tr[slot=tbody]" if gradio_major() >= 4 else "#vidguide_jobs_table tr"
+    return page.locator(rows, has_text=job_id)
 
 
 def field(page, elem_id: str):
@@ -300,7 +279,7 @@ def test_skip_from_the_page_skips_the_current_frame_and_the_job_goes_on(page, si
     field(page, "vidguide_server_path").fill(str(site.source))
     fill_settings(page, max_frames=5)
     page.click("#vidguide_generate")
-    assert reached.wait(60), "the job never reached its third frame"
+    assert browser_support.wait_for_event(page, reached, 60), "the job never reached its third frame"
     page.click("#vidguide_skip")
     text = wait_status(page, "vidguide_status", ("done",))
     assert "done: 5 frames" in text and "Skipped frames (the previous output moved by the flow): 3." in text, text
@@ -342,7 +321,7 @@ def test_interrupt_keeps_the_frames_and_the_jobs_tab_resumes_to_identical_frames
     kept_bytes = {path.name: path.read_bytes() for path in kept}
 
     open_sub_tab(page, "Jobs")
-    row = page.locator("#vidguide_jobs_table tr", has_text=job_id)
+    row = job_row(page, job_id)
     row.wait_for()
     assert "interrupted" in row.inner_text() and f"{len(kept)}/{total}" in row.inner_text(), row.inner_text()
     page.click("#vidguide_job_select input")
@@ -362,7 +341,7 @@ def test_interrupt_keeps_the_frames_and_the_jobs_tab_resumes_to_identical_frames
     percentages = [int(found) for text in seen["texts"] for found in re.findall(r"(\d+)%", text)]
     # The resumed run's bar starts at the frames already done, not at zero.
     assert percentages and percentages[0] >= 100 * len(kept) // total - 1, seen
-    page.locator("#vidguide_jobs_table tr", has_text=job_id).filter(has_text="done").wait_for()
+    job_row(page, job_id).filter(has_text="done").wait_for()
     page.shots.append(screenshot(page, "07-resumed"))
 
     manifest = site.manifest(job_id)
@@ -377,7 +356,7 @@ def test_interrupt_keeps_the_frames_and_the_jobs_tab_resumes_to_identical_frames
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#vidguide_job_delete")
     page.locator("#vidguide_job_details [data-status]", has_text="Deleted job").wait_for()
-    assert page.locator("#vidguide_jobs_table tr", has_text=job_id).count() == 0
+    assert job_row(page, job_id).count() == 0
     assert not (site.jobs_dir / job_id).exists()
 
 
@@ -466,7 +445,7 @@ def test_the_page_serves_the_scripts_in_the_hosts_order(site):
 
     page = requests.get(site.url + "/", timeout=30).text
     scripts = re.findall(r'<script type="text/javascript" src="\./standin-js/\d+/([^"]+)"', page)
-    assert scripts == ["script.js", "progressbar.js", "vidguide.js"], scripts
+    assert scripts == ["script.js", "inputAccordion.js", "progressbar.js", "vidguide.js"], scripts
     assert page.index("standin-js") < page.index("</head>")
     answer = requests.post(site.url + "/internal/progress", json={"id_task": "task(nothing)"}, timeout=30).json()
     assert answer == {"active": False, "queued": False, "completed": False, "progress": None, "eta": None,

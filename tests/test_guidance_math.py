@@ -13,6 +13,7 @@ from lib_vidguide.guidance import (
     StepGuidance,
     blend_x0,
     eps_landing_on,
+    x0_landing_on,
     eps_to_x0,
     x0_to_eps,
 )
@@ -50,6 +51,40 @@ def test_eps_landing_on_makes_a_ddim_step_land_on_the_target():
         pred_x0 = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
         x_prev = math.sqrt(a_prev) * pred_x0 + math.sqrt(1 - a_prev) * eps
         torch.testing.assert_close(x_prev, target, rtol=0, atol=1e-4)
+
+
+def test_x0_landing_on_makes_forges_ddim_step_land_on_the_target():
+    """Forge's DDIM: the callbacks see x = x_t / sqrt(a) and sigma; the returned x0 becomes
+    eps = (x - x0) / sigma, and DDIM then steps from x_t with that eps (HOST_A1111.md §6.3)."""
+    generator = torch.Generator().manual_seed(4)
+    x_t, target = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    alphas = _alphas_cumprod()
+    for t, t_prev in ((101, 1), (501, 401)):
+        a, a_prev = float(alphas[t]), float(alphas[t_prev])
+        sigma = math.sqrt((1 - a) / a)
+        x = x_t / math.sqrt(a)
+        x0 = x0_landing_on(x, target, sigma, a_prev)
+        eps = (x - x0) / sigma
+        pred_x0 = (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        x_prev = math.sqrt(a_prev) * pred_x0 + math.sqrt(1 - a_prev) * eps
+        torch.testing.assert_close(x_prev, target, rtol=0, atol=1e-4)
+
+
+def test_x0_guidance_takes_ddims_exact_last_step_in_x0_space():
+    """x0 outputs with a DDIM grid (Forge): plain x0 blending, except at the last call."""
+    generator = torch.Generator().manual_seed(5)
+    x, x0, k0 = (torch.randn(1, 4, 8, 8, generator=generator) for _ in range(3))
+    alphas = _alphas_cumprod()
+    grid = list(range(1, 1000, 100))
+    conventions = SamplerConventions(alphas_cumprod=alphas, ddim_timesteps=tuple(grid))
+    guidance = StepGuidance(GuideTarget(k0, torch.ones(1, 1, 8, 8)), "constant", 1.0, conventions)
+    for t in (201, 101):
+        sigma = torch.tensor([math.sqrt((1 - float(alphas[t])) / float(alphas[t]))])
+        guidance.observe_input(x, sigma)
+        out = guidance.apply(x0)
+        expected = k0 if t == 201 else x0_landing_on(x, k0, float(sigma), float(alphas[1]))
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    assert [record.rule for record in guidance.history] == ["x0", "x0-last"]
 
 
 def _ddim_conventions(grid):

@@ -8,7 +8,7 @@ painted over part of it with the mouse arrive at ``MotionBrushRunner.run`` as a 
 where the stroke went and nowhere else; the run finishes with the WebUI's progress bar and its
 video in the page. With nothing painted, the page says the whole image moves.
 
-Screenshots go to tests/artefacts/browser/ (mb-*.png, and FAILED-*.png for any failure).
+Screenshots go to tests/artefacts/gradio<major>/ (mb-*.png, and FAILED-*.png for any failure).
 """
 
 from __future__ import annotations
@@ -18,26 +18,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("playwright.sync_api")
+import browser_support  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARTEFACTS = REPO / "tests" / "artefacts" / "browser"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = browser_support.TIMEOUT_MS
 IMAGE_SIZE = 128  # the picture uploaded (a multiple of 64: no resize, so the mask compares pixel for pixel)
 # Tiny and quick: the tiny SVD was built for 4 frames.
 RUN_SETTINGS = {"frames": 4, "steps": 2, "seed": 11}  # decode_chunk_size: the default 4
 # The stroke, as fractions of the picture: a horizontal line in the right part, at mid-height.
 STROKE_Y, STROKE_X0, STROKE_X1 = 0.5, 0.6, 0.9
 
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")
+needs_chromium = browser_support.needs_chromium
 
 
 @dataclass
@@ -96,45 +94,21 @@ def site(webui, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(site):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with browser_support.chromium() as browser:
+        yield browser
 
 
-def screenshot(page, name: str) -> Path:
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTEFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
+screenshot = browser_support.screenshot  # into tests/artefacts/gradio<major>/
 
 
 @pytest.fixture
 def page(browser, site, request, record_property):
     """A fresh page on the stand-in WebUI (nothing outside loopback is fetched); a screenshot if the
     test fails; no JavaScript error allowed."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith((site.url, "data:", "blob:"))
-               else route.abort())
-    failed_before = request.session.testsfailed
-    page.goto(site.url + "/")
-    page.wait_for_selector("#tabs")
-    site.masks.clear()
-    yield page
-    if request.session.testsfailed > failed_before:
-        path = screenshot(page, f"FAILED-{request.node.name}")
-        record_property("failure_screenshot", str(path))
-        print(f"failure screenshot: {path}")
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    viewport = {"width": 1400, "height": 1100}
+    with browser_support.open_page(browser, site.url, request, record_property, viewport=viewport) as page:
+        site.masks.clear()
+        yield page
 
 
 def open_motion_brush(page) -> None:
@@ -150,18 +124,40 @@ def set_number(page, elem_id: str, value) -> None:
 
 
 def upload_picture(page, site: Site):
-    """Upload the picture into the sketch input; returns the canvas that takes the strokes."""
+    """Upload the picture into the brush input; returns the canvas that takes the strokes, its brush
+    tool selected: gradio 3's sketch canvas, or gradio 4's ImageEditor canvas once "Draw" is chosen
+    (after an upload its tool is the background's, as a Forge user finds it)."""
+    from webui_page import gradio_major
+
     page.set_input_files("#vidguide_mb_image input[type=file]", str(site.picture))
-    canvas = page.locator("#vidguide_mb_image canvas[key=interface]")
+    if gradio_major() >= 4:
+        canvas = page.locator("#vidguide_mb_image canvas").first
+    else:
+        canvas = page.locator("#vidguide_mb_image canvas[key=interface]")
     canvas.wait_for(state="visible")
     # The preview follows the upload (the brush input's change event).
     page.wait_for_selector("#vidguide_mb_mask_preview img")
     return canvas
 
 
+def choose_brush(page) -> Optional[float]:
+    """Selects the brush where there is a tool to select (gradio 4's "Draw"); returns the brush's
+    radius in picture pixels, from its size slider, or None where the brush is sized on screen (gradio 3)."""
+    from webui_page import gradio_major
+
+    if gradio_major() < 4:
+        return None
+    page.click("#vidguide_mb_image button[aria-label='Draw button']")
+    size = page.locator("#vidguide_mb_image input[type=range]")
+    size.wait_for(state="visible")
+    return float(size.input_value())
+
+
 def paint_stroke(page, canvas) -> dict:
     """A horizontal stroke with the mouse, in small steps as a hand moves (gradio's lazy brush
-    trails the pointer); returns the canvas box it was painted on."""
+    trails the pointer); returns the canvas box it was painted on and the brush's reach in picture
+    pixels (gradio 3: about 20 screen pixels wide, its default; gradio 4: its size slider), plus slack."""
+    radius = choose_brush(page)
     box = canvas.bounding_box()
     assert box and box["width"] > 50, box
     y = box["y"] + STROKE_Y * box["height"]
@@ -172,7 +168,8 @@ def paint_stroke(page, canvas) -> dict:
         x = box["x"] + (STROKE_X0 + (STROKE_X1 - STROKE_X0) * index / steps) * box["width"]
         page.mouse.move(x, y)
     page.mouse.up()
-    return box
+    reach = radius if radius is not None else 20 * IMAGE_SIZE / box["width"]
+    return {**box, "reach": int(np.ceil(reach)) + 3}
 
 
 def fill_run_settings(page) -> None:
@@ -256,8 +253,7 @@ def test_a_painted_mask_reaches_the_runner_and_the_video_appears(page, site):
     moving = mask_values(site.masks[0]) > 0.5
     assert moving.any(), "the runner got an empty mask"
     rows, cols = np.nonzero(moving)
-    # The brush is about 20 screen pixels wide (gradio's default), i.e. this many picture pixels, plus slack.
-    reach = int(np.ceil(20 * IMAGE_SIZE / box["width"])) + 3
+    reach = box["reach"]
     y, x0, x1 = (int(round(f * IMAGE_SIZE)) for f in (STROKE_Y, STROKE_X0, STROKE_X1))
     assert rows.min() >= y - reach and rows.max() <= y + reach, (rows.min(), rows.max(), y, reach)
     assert cols.min() >= x0 - reach and cols.max() <= x1 + reach, (cols.min(), cols.max(), x0, x1, reach)
@@ -309,7 +305,7 @@ def test_interrupt_from_the_page_stops_the_run_and_writes_nothing(page, site, mo
     paint_stroke(page, upload_picture(page, site))
     fill_run_settings(page)
     page.click("#vidguide_mb_run")
-    assert reached.wait(60), "the run never reached its first step"
+    assert browser_support.wait_for_event(page, reached, 60), "the run never reached its first step"
     page.click("#vidguide_mb_interrupt")
     text = wait_status(page, ("interrupted",))
     assert "nothing was written" in text, text

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 import requests
 from PIL import Image
@@ -265,6 +266,8 @@ def test_the_gradio_3_sketch_input_accepts_an_image_with_no_stroke_yet():
     fails on it. Ours gives a blank mask (nothing painted) of the image's size."""
     from lib_vidguide.webui import compat
 
+    if compat.gradio_major() >= 4:
+        pytest.skip("gradio 4 has no sketch tool: its ImageEditor is checked in test_ui_build and the browser tests")
     component = compat.brush_input("brush", "test_brush")
     assert component.get_block_name() == "image" and component.tool == "sketch"
     value = component.preprocess({"image": "data:image/png;base64," + b64(picture(96, 64)), "mask": None})
@@ -483,7 +486,10 @@ def test_api_bad_input_is_a_clear_422(standin_url, env, case):
     else:
         response = post(standin_url, body)
     assert response.status_code == 422, (response.status_code, response.text)
-    assert BAD_CASES[case] in response.text, response.text
+    expected = BAD_CASES[case]
+    if case == "JSON NaN image" and hasattr(pydantic.BaseModel, "model_validate"):
+        expected = "Input should be a valid string"  # pydantic 2 (Forge) refuses the number itself
+    assert expected in response.text, response.text
     if case == "missing model folder":
         assert str(env / "models" / "svd") in response.text and "model_index.json" in response.text
     assert outputs(env) == []

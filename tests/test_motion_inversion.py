@@ -239,6 +239,25 @@ def test_embeddings_trained_on_f_frames_generate_2f_frames():
     assert any("interpolated to 8" in note for note in output.notes)
     assert any("plain noise" in note for note in output.notes)
 
+    # At 2F frames the embeddings act, exactly as embeddings trained at 2F holding the interpolated values would.
+    long_latents, context = unet_inputs(frames=2 * FRAMES)
+    mi.apply_motion_inversion(unet)
+    mi.set_motion_mode(unet, "off")
+    plain = run_unet(unet, long_latents, context)
+    mi.set_motion_mode(unet, "train")
+    stretched_output = run_unet(unet, long_latents, context)
+    reference = mi.build_tiny_t2v_components().unet
+    mi.inject_motion_embeddings(reference, frames=2 * FRAMES, latent_height=8, latent_width=8)
+    trained = mi.motion_parameters(unet)
+    with torch.no_grad():
+        for name, param in mi.motion_parameters(reference).items():
+            param.copy_(mi._over_frames(trained[name].detach(), 2 * FRAMES))
+    assert torch.equal(run_unet(reference, long_latents, context), stretched_output)
+    effect = (stretched_output - plain).abs().max().item()
+    assert effect > 1e-3
+    print(f"2F = {2 * FRAMES} frames from {FRAMES}-frame embeddings: max |with - without embeddings| {effect:.3f}; "
+          "equal to 2F-frame embeddings holding the interpolation: exact")
+
 
 def test_another_resolution_is_a_clear_error():
     components = mi.build_tiny_t2v_components()
@@ -383,6 +402,8 @@ def test_resumed_training_reproduces_the_uninterrupted_losses(tmp_path):
                                      output_dir=tmp_path / "split", device="cpu", resume="latest")
     assert rest.steps_done == 8 and any("Resumed from step-000003" in note for note in rest.notes)
     assert rest.losses == full.losses  # bit-identical: same noise, timesteps, anchors, LoRA skips, optimizer moments
+    print(f"MI resume at step 3 of 8: steps 4-8 losses {rest.losses[3]:.6f} .. {rest.losses[-1]:.6f}, "
+          f"max |resumed - uninterrupted| {max(abs(a - b) for a, b in zip(rest.losses, full.losses)):.1e}")
     from safetensors.torch import load_file
 
     full_weights, resumed_weights = load_file(str(full.weights_path)), load_file(str(rest.weights_path))
@@ -500,7 +521,7 @@ def test_cli_trains_and_generates_a_tiny_model_end_to_end(tmp_path):
     model = mi.save_tiny_t2v_model(tmp_path / "tiny-t2v")
     video = write_clip(tmp_path / "clip.mp4", list(clip_frames(6)), fps=8.0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    entry = [sys.executable, "-m", "lib_vidguide.pipelines.motion_inversion"]
+    entry = [sys.executable, "-m", "lib_vidguide", "motion-inversion"]  # the package's CLI (lib_vidguide/cli.py)
     train = subprocess.run(
         entry + ["train", str(video), "--model", str(model), "--prompt", PROMPT, "--out", str(tmp_path / "run"),
                  "--frames", "4", "--width", "64", "--height", "64", "--max-train-steps", "3", "--checkpointing-steps", "2",

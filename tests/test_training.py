@@ -123,11 +123,29 @@ def test_tune_a_video_resumed_from_a_checkpoint_reproduces_the_uninterrupted_los
     assert any("Resumed from step-000006" in note for note in rest.notes)
     assert rest.losses[:6] == first.losses
     assert rest.losses == full.losses  # bit-identical: same noise, timesteps, optimizer moments
+    print(f"TAV resume at step 6 of 16: steps 7-16 losses {rest.losses[6]:.6f} .. {rest.losses[-1]:.6f}, "
+          f"max |resumed - uninterrupted| {max(abs(a - b) for a, b in zip(rest.losses, full.losses)):.1e}")
     from safetensors.torch import load_file
 
     full_weights, resumed_weights = load_file(str(full.weights_path)), load_file(str(rest.weights_path))
     assert full_weights.keys() == resumed_weights.keys()
     assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+
+
+def test_tune_a_video_training_reapplies_processors_that_a_reset_dropped(tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    settings = tav_settings(max_train_steps=3)
+    reference = run_training(tav.TuneAVideoTrainer(tiny_components(), frames(), PROMPT, settings), settings,
+                             tmp_path / "a", device="cpu")
+    components = tiny_components()
+    trainer = tav.TuneAVideoTrainer(components, frames(), PROMPT, settings)  # inflates the UNet
+    components.unet.set_attn_processor(AttnProcessor2_0())  # then an xformers toggle or another extension resets it
+    assert not tav.is_tune_a_video_applied(components.unet)
+    seen = []
+    again = run_training(trainer, settings, tmp_path / "b", device="cpu",
+                         progress=lambda _event: seen.append(tav.is_tune_a_video_applied(components.unet)))
+    assert seen == [True] * 3 and again.losses == reference.losses
 
 
 def test_toy_task_resume_restores_the_shuffled_data_order(tmp_path):
@@ -226,17 +244,38 @@ def test_gradient_checkpointing_is_on_while_training_and_off_after(tmp_path):
     assert not any(m.gradient_checkpointing for m in components.unet.modules() if hasattr(m, "gradient_checkpointing"))
     assert tav.is_tune_a_video_applied(components.unet)
 
+    # Checkpointing recomputes the same graph, temporal hooks included: the same losses and trained tensors.
+    plain_components = tiny_components()
+    plain = tav.TuneAVideoTrainer(plain_components, frames(), PROMPT, tav_settings(max_train_steps=2, gradient_checkpointing=False))
+    plain_result = run_training(plain, plain.settings, tmp_path / "plain", device="cpu")
+    checkpointed = run_training(tav.TuneAVideoTrainer(tiny_components(), frames(), PROMPT, tav_settings(max_train_steps=2)),
+                                tav_settings(max_train_steps=2), tmp_path / "checkpointed", device="cpu")
+    assert np.allclose(plain_result.losses, checkpointed.losses, rtol=1e-5, atol=0)
+    from safetensors.torch import load_file
 
-def test_eight_bit_adam_is_used_when_importable_and_falls_back_with_a_note(monkeypatch):
+    a, b = load_file(str(plain_result.output_path)), load_file(str(checkpointed.output_path))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_eight_bit_adam_is_used_when_importable_and_otherwise_fails_naming_the_fix(monkeypatch, tmp_path, capsys):
     params = [torch.nn.Parameter(torch.zeros(2))]
     settings = toy_settings(use_8bit_adam=True)
 
-    optimizer, notes = training.make_optimizer(params, settings, "cpu")
-    assert isinstance(optimizer, torch.optim.AdamW) and notes == ["8-bit Adam needs a CUDA GPU; using torch's AdamW."]
-
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails, as in this environment
-    optimizer, notes = training.make_optimizer(params, settings, "cuda")
-    assert isinstance(optimizer, torch.optim.AdamW) and "bitsandbytes, which is not installed" in notes[0]
+    # No CUDA GPU: refused, not silently replaced by AdamW.
+    with pytest.raises(ValueError, match="needs a CUDA GPU.*--no-use-8bit-adam"):
+        training.make_optimizer(params, settings, "cpu")
+    # A GPU without bitsandbytes (as in this environment: it is not installable here): the fix is named.
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ValueError, match=r"bitsandbytes, which is not installed.*pip install bitsandbytes.*turn 8-bit Adam off"):
+        training.make_optimizer(params, settings, "cuda")
+    # The loop refuses before any work: no before_run, no step, no checkpoint.
+    task = ToyTask()
+    with pytest.raises(ValueError, match="8-bit Adam"):
+        run_training(task, settings, tmp_path / "run", device="cpu")
+    assert task.runs == 0 and task.items_seen == [] and not (tmp_path / "run").exists()
+    # Off (the default): torch's AdamW, no note.
+    optimizer, notes = training.make_optimizer(params, toy_settings(), "cpu")
+    assert type(optimizer) is torch.optim.AdamW and notes == []
 
     class FakeAdamW8bit(torch.optim.AdamW):
         pass
@@ -247,6 +286,15 @@ def test_eight_bit_adam_is_used_when_importable_and_falls_back_with_a_note(monke
     optimizer, notes = training.make_optimizer(params, settings, "cuda")
     assert isinstance(optimizer, FakeAdamW8bit) and notes == []
     assert optimizer.defaults["lr"] == settings.learning_rate and optimizer.defaults["weight_decay"] == 1e-2
+
+    # The command line: one "error:" line and status 2, before the video is read or a model is loaded.
+    from lib_vidguide.cli import main
+
+    for command in (["tune-a-video", "train"], ["motion-inversion", "train"]):
+        status = main(command + [str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "no-model"), "--prompt", "p",
+                                 "--out", str(tmp_path / "cli"), "--use-8bit-adam", "--device", "cpu"])
+        error = capsys.readouterr().err
+        assert status == 2 and error.startswith("error: 8-bit Adam") and error.count("\n") == 1, (command, error)
 
 
 def test_mixed_precision_choice_and_accelerator_reuse():

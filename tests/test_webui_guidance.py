@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from host_session import sample_picture, to_b64
+from host_session import forge_mode, sample_picture, to_b64
 
 SAMPLERS = ["Euler", "DPM++ 2M", "DDIM"]
 TITLE = "VidGuide flow guidance"
@@ -29,12 +29,16 @@ def final_latents(monkeypatch, fresh_state):
 
 
 def guide_latent(image) -> torch.Tensor:
-    """k0 as the extension encodes it: the VAE posterior's mode, scaled."""
+    """k0 as the extension encodes it: the VAE posterior's mean, scaled. Forge's
+    encode_first_stage returns a sample of it: there the stand-in's own VAE gives the mean."""
     from modules import shared
 
+    model = shared.sd_model
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
     with torch.no_grad():
-        return shared.sd_model.get_first_stage_encoding(shared.sd_model.encode_first_stage(x).mode())
+        if forge_mode():
+            return model.scale_factor * model.vae.encode(x).latent_dist.mode()
+        return model.get_first_stage_encoding(model.encode_first_stage(x).mode())
 
 
 def alwayson_args(*, enabled=True, guide=None, previous=None, strength=1.0, schedule="constant",
@@ -259,8 +263,10 @@ def test_progress_follows_the_noise_level_not_the_lagging_counter(fresh_state, m
         assert record.weight == pytest.approx(0.6 if record.progress < 0.8 else 0.4)
     if sampler == "DDIM":
         assert len(history) == 4  # t_enc - 1 calls (HOST_A1111.md §9)
-        assert history[-1].rule == "eps-last"
-        assert [r.timestep for r in history] == [401, 301, 201, 101]
+        # A1111's DDIM hands epsilon and integer timesteps to the callbacks; Forge's, x0 and sigma
+        # (HOST_A1111.md §1.5, §9.1): the exact last step is taken in that space.
+        assert history[-1].rule == ("x0-last" if forge_mode() else "eps-last")
+        assert [r.timestep for r in history] == pytest.approx([401, 301, 201, 101], abs=1e-3)
     else:
         assert len(history) == 6  # t_enc + 1
 
@@ -292,3 +298,81 @@ def test_previous_source_frame_warps_the_guide_by_the_flow(fresh_state, monkeypa
     assert targets[1].weight_map.min() > 0.99
     assert not torch.equal(targets[0].latent, targets[2].latent)
     assert targets[2].weight_map.min() < 0.5  # the strip that enters the frame has no flow back
+
+
+def test_full_weight_at_cfg_1_lands_on_the_guide_latent(final_latents, fresh_state):
+    """At CFG 1 Forge drops the uncond (text_uncond is None in on_cfg_denoiser): still guided."""
+    guide = sample_picture(seed=7)
+    run(fresh_state, sampler_name="Euler", cfg_scale=1.0, alwayson=alwayson_args(guide=guide))
+    assert (final_latents[-1] - guide_latent(guide)).abs().max().item() <= 1e-4
+
+
+def test_tensors_kept_after_the_generation_are_ordinary_tensors(fresh_state):
+    """Forge generates under torch.inference_mode(): what the extension keeps (the guide latent,
+    the captured final latent) must still be usable, in place and with autograd, outside it."""
+    from lib_vidguide.webui import compat
+    from modules import processing, shared
+
+    p = processing.StableDiffusionProcessingImg2Img(
+        init_images=[sample_picture(seed=3)], prompt="a painting", seed=5, steps=4, denoising_strength=0.5,
+        width=64, height=64, sampler_name="Euler",
+    )
+    p.scripts = fresh_state.runner
+    p.script_args = tuple(fresh_state.runner.default_script_args())
+    p._vg_capture_latent = True
+    processing.process_images(p)
+    with torch.inference_mode(forge_mode()):
+        guide = compat.encode_rgb(shared.sd_model, np.asarray(sample_picture(seed=7)))
+    for kept in (p._vg_last_latent, guide):
+        assert not kept.is_inference()
+        kept.add_(0.0)
+        weight = torch.ones((), requires_grad=True)
+        (weight * kept).sum().backward()
+
+
+_OTHER_MODE_SCRIPT = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path[:0] = [sys.argv[2], str(Path(sys.argv[2]) / "host"), sys.argv[3]]
+torch.set_num_threads(1)
+from host_session import HostSession
+import test_webui_guidance as t
+
+webui = HostSession.start(Path(sys.argv[3]))
+np.savez(sys.argv[1], **t.pictures_for_the_cross_mode_check(webui))
+"""
+
+
+def pictures_for_the_cross_mode_check(webui) -> dict:
+    guide = sample_picture(seed=7)
+    pictures = {}
+    for sampler in SAMPLERS:
+        webui.reset()
+        pictures[f"{sampler} plain"] = run(webui, sampler_name=sampler)
+        pictures[f"{sampler} w=1"] = run(webui, sampler_name=sampler, alwayson=alwayson_args(guide=guide))
+    return pictures
+
+
+def test_the_other_host_gives_the_same_pictures(fresh_state, tmp_path):
+    """The same requests with the stand-in playing the other host (A1111 <-> Forge, in a subprocess
+    of this interpreter): plain and fully guided pictures agree within one level per pixel."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    other = "a1111" if forge_mode() else "forge"
+    result = subprocess.run(
+        [sys.executable, "-c", _OTHER_MODE_SCRIPT, str(tmp_path / "other.npz"), str(tests), str(tests.parent)],
+        env={**os.environ, "VIDGUIDE_STANDIN_HOST": other}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs = np.load(tmp_path / "other.npz")
+    ours = pictures_for_the_cross_mode_check(fresh_state)
+    for name, picture in ours.items():
+        assert np.abs(picture.astype(int) - theirs[name].astype(int)).max() <= 1, name

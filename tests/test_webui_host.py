@@ -26,7 +26,10 @@ def test_preload_options_are_parsed_by_the_host(webui):
 
 def test_the_scripts_load_with_the_extension_root_on_sys_path_only_while_importing(webui, tmp_path):
     """In a fresh interpreter whose path lacks the repo, as in the WebUI: the entry script's
-    top-level import of lib_vidguide must work, and the root must be gone afterwards."""
+    top-level import of lib_vidguide must work, and the root must be gone afterwards (A1111;
+    Forge keeps every script basedir on sys.path, HOST_A1111.md §2.5)."""
+    from host_session import forge_mode
+
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(webui.repo / 'tests' / 'host')!r})\n"
@@ -39,7 +42,8 @@ def test_the_scripts_load_with_the_extension_root_on_sys_path_only_while_importi
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "['VidGuide flow guidance', 'VidGuide video'] False []"
+    kept_on_path = forge_mode()
+    assert result.stdout.strip().splitlines()[-1] == f"['VidGuide flow guidance', 'VidGuide video'] {kept_on_path} []"
     alwayson = webui.script("VidGuide flow guidance")
     assert alwayson.alwayson and alwayson.args_to - alwayson.args_from == 8
 

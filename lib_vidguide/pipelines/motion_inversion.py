@@ -1370,13 +1370,14 @@ def train_motion_inversion(
         progress: called with a :class:`~.training.TrainingProgress` after every step.
         should_interrupt: checked after every step; a checkpoint is saved before stopping.
     """
-    from .training import run_training
+    from .training import check_8bit_adam, run_training
     from .tune_a_video import sample_video_frames
 
     settings = settings or MotionInversionSettings()
     # 1. Check inputs before anything heavy is loaded.
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(_EMPTY_TRAINING_PROMPT)
+    check_8bit_adam(settings, device)
     clip = sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
                                width=settings.width, height=settings.height)
     # 2. Load the base model, then train.

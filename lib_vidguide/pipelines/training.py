@@ -7,8 +7,9 @@ tensors, its loss); :func:`run_training` does the rest, the same way for every m
   over several GPUs, and ``mixed_precision`` (``auto`` = bf16 where the GPU has it, else
   fp16; float32 on the CPU) wraps the forward pass in autocast;
 * **gradient checkpointing** through the model's ``enable_gradient_checkpointing``;
-* **8-bit AdamW** from bitsandbytes when asked for and importable on a GPU; otherwise torch's
-  AdamW, with a note saying why;
+* **8-bit AdamW** from bitsandbytes when asked for; where it cannot run (no CUDA GPU, or
+  bitsandbytes not installed) the run stops before any work with a ``ValueError`` that names
+  the fix, as the original Tune-A-Video does;
 * **progress** after every step, an **interrupt** check after every step;
 * **checkpoints** every ``checkpointing_steps`` and at an interrupt, and an **exact resume**:
   a checkpoint holds the trainable tensors, the optimizer (and fp16 grad-scaler) state, the
@@ -56,6 +57,7 @@ __all__ = [
     "TrainingResult",
     "TrainingSettings",
     "TrainingTask",
+    "check_8bit_adam",
     "describe_losses",
     "find_checkpoint",
     "list_checkpoints",
@@ -93,7 +95,7 @@ class TrainingSettings(StrictModel):
         True, description="Recompute activations in the backward pass: much less memory, ~30% slower."
     )
     use_8bit_adam: bool = Field(
-        False, description="8-bit AdamW states from bitsandbytes (GPU only; falls back to AdamW)."
+        False, description="8-bit AdamW states from bitsandbytes (CUDA GPU and bitsandbytes needed; refused otherwise)."
     )
     checkpointing_steps: int = Field(
         100, ge=0, description="Save a resumable checkpoint every N steps; 0 = only when interrupted."
@@ -272,8 +274,41 @@ def make_accelerator(mixed_precision: str, device: Any = None):
     return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
 
 
+_8BIT_ADAM_OFF = "or turn 8-bit Adam off (use_8bit_adam=False; on the command line --no-use-8bit-adam)"
+
+
+def check_8bit_adam(settings: TrainingSettings, device: Any) -> Any:
+    """bitsandbytes when ``settings.use_8bit_adam`` asks for it (None otherwise); a ``ValueError`` naming the
+    fix when 8-bit Adam cannot run on ``device`` (None: the default device; no CUDA GPU, bitsandbytes missing
+    or broken)."""
+    if not settings.use_8bit_adam:
+        return None
+    import torch
+
+    device = torch.device(device) if device is not None else _default_device()
+    if device.type != "cuda":
+        raise ValueError(
+            f"8-bit Adam (bitsandbytes' AdamW8bit) needs a CUDA GPU; this run trains on {device.type}. "
+            f"Train on a CUDA GPU, {_8BIT_ADAM_OFF}."
+        )
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ValueError(
+            f"8-bit Adam needs bitsandbytes, which is not installed ({error}). Install it into the Python that runs "
+            f"the training (pip install bitsandbytes), {_8BIT_ADAM_OFF}."
+        ) from error
+    except (RuntimeError, OSError) as error:  # bitsandbytes present, but its CUDA library does not load
+        raise ValueError(
+            f"8-bit Adam: bitsandbytes is installed but does not load ({error}). Reinstall a bitsandbytes that "
+            f"matches this torch and CUDA (pip install -U bitsandbytes), {_8BIT_ADAM_OFF}."
+        ) from error
+    return bitsandbytes
+
+
 def make_optimizer(parameters: List[Any], settings: TrainingSettings, device: Any) -> tuple[Any, List[str]]:
-    """AdamW over ``parameters``: bitsandbytes' 8-bit AdamW when asked for and usable, else torch's.
+    """AdamW over ``parameters``: bitsandbytes' 8-bit AdamW when asked for (a ``ValueError`` naming the fix
+    when it cannot run here, see :func:`check_8bit_adam`), else torch's.
 
     ``parameters`` is a list of tensors, or of torch parameter-group dicts; a group's optional
     ``lr_scale`` multiplies ``settings.learning_rate`` for that group (kept in the group, so it
@@ -294,18 +329,9 @@ def make_optimizer(parameters: List[Any], settings: TrainingSettings, device: An
         weight_decay=settings.adam_weight_decay,
         eps=settings.adam_epsilon,
     )
-    if settings.use_8bit_adam:
-        if torch.device(device).type != "cuda":
-            notes.append("8-bit Adam needs a CUDA GPU; using torch's AdamW.")
-        else:
-            try:
-                import bitsandbytes
-            except ImportError:
-                notes.append(
-                    "8-bit Adam needs bitsandbytes, which is not installed (pip install bitsandbytes); using torch's AdamW."
-                )
-            else:
-                return bitsandbytes.optim.AdamW8bit(parameters, **options), notes
+    bitsandbytes = check_8bit_adam(settings, device)
+    if bitsandbytes is not None:
+        return bitsandbytes.optim.AdamW8bit(parameters, **options), notes
     return torch.optim.AdamW(parameters, **options), notes
 
 
@@ -496,6 +522,7 @@ def run_training(
     output_dir = Path(output_dir)
     notes: List[str] = []
     device = torch.device(device) if device is not None else _default_device()
+    check_8bit_adam(settings, device)  # before any work: a clear error, not a fallback
     precision, precision_note = resolve_mixed_precision(settings.mixed_precision, device)
     if precision_note:
         notes.append(precision_note)

@@ -943,12 +943,13 @@ def train_tune_a_video(
         should_interrupt: checked after every step; a checkpoint is saved before stopping.
     """
     from .sd_loading import load_sd_components
-    from .training import run_training
+    from .training import check_8bit_adam, run_training
 
     settings = settings or TuneAVideoSettings()
     # 1. Check inputs before anything heavy is loaded.
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(_EMPTY_TRAINING_PROMPT)
+    check_8bit_adam(settings, device)
     clip = sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
                                width=settings.width, height=settings.height)
     # 2. Load the base model, then train.

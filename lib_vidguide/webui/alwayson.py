@@ -104,7 +104,8 @@ class VidGuideFlowScript(scripts.Script):
 
     def post_sample(self, p, ps, *args):
         if getattr(p, "_vg_capture_latent", False):
-            p._vg_last_latent = ps.samples.detach().float().cpu().clone()
+            # An ordinary tensor even under Forge's inference_mode: it outlives the generation.
+            p._vg_last_latent = compat.ordinary_tensor(ps.samples.float().cpu())
 
     def postprocess_batch(self, p, *args, **kwargs):
         if getattr(p, "_vg_request", None) is not None:

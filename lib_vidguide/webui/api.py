@@ -10,10 +10,11 @@ roots; uploads are streamed to disk with a size limit.
 import base64
 import binascii
 import logging
+import math
 import secrets
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from pydantic import Field
 
@@ -115,12 +116,31 @@ def body_limit(method: str, path: str) -> Optional[int]:
         from .motion_brush_host import request_body_limit
 
         return request_body_limit()
+    if "/edit/" in path:  # the edit routes' inline videos (edit_host.py)
+        from .edit_host import request_body_limit as edit_body_limit
+
+        return edit_body_limit()
     return 1 << 20
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (which JSON cannot carry) replaced by its text;
+    ``value`` itself when it has none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        items = {key: _json_safe(item) for key, item in value.items()}
+        return value if all(items[key] is item for key, item in value.items()) else items
+    if isinstance(value, (list, tuple)):
+        items = [_json_safe(item) for item in value]
+        return value if all(new is old for new, old in zip(items, value)) else type(value)(items)
+    return value
 
 
 def build_router():
     from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
     from fastapi.responses import FileResponse
+    from fastapi.exceptions import RequestValidationError
     from fastapi.routing import APIRoute
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
@@ -157,7 +177,16 @@ def build_router():
                         raise HTTPException(status_code=411, detail="send the request with a Content-Length header")
                     if int(length) > limit:
                         raise too_large()
-                return await handle(request)
+                try:
+                    return await handle(request)
+                except RequestValidationError as error:
+                    # pydantic 2 (Forge) keeps the rejected input in each error: a JSON NaN there
+                    # would make FastAPI's own 422 answer unserialisable (a 500). Keep it as text.
+                    errors = error.errors()
+                    safe = _json_safe(errors)
+                    if safe is errors:
+                        raise
+                    raise RequestValidationError(safe, body=_json_safe(error.body)) from None
 
             return checked
 
@@ -312,6 +341,11 @@ def build_router():
     from . import motion_brush_host
 
     motion_brush_host.register_routes(router, http_error, PREFIX)
+
+    # The Edit sub-tab's routes (lib_vidguide/webui/edit_host.py): trainings, edits, their videos.
+    from . import edit_host
+
+    edit_host.register_routes(router, http_error, PREFIX)
 
     return router
 

@@ -37,7 +37,10 @@ def sampler_conventions(denoiser: Any, p: Any) -> SamplerConventions:
     """What the after-CFG tensor and the sigma argument mean for this generation's sampler.
 
     - Forge's denoisers carry ``classic_ddim_eps_estimation``: they convert every sampler
-      to k-diffusion conventions (sigma, x0) before the callbacks.
+      to k-diffusion conventions (sigma, x0) before the callbacks. Where it is True (DDIM,
+      PLMS, UniPC) the sampler's own wrapper has no ``sigma_to_t``: progress then comes from
+      the model's alpha_bar table, and DDIM gets its timestep grid for the exact last step,
+      which Forge needs too (its DDIM also ends at alpha_bar[1], HOST_A1111.md §9.1).
     - A1111's timesteps denoisers (DDIM, PLMS, UniPC) hold ``alphas`` and mask before
       denoising: the callback sees epsilon and integer timesteps.
     - Everything else is k-diffusion: sigma and x0.
@@ -46,7 +49,15 @@ def sampler_conventions(denoiser: Any, p: Any) -> SamplerConventions:
     sigma_to_t = getattr(inner, "sigma_to_t", None)
     if hasattr(denoiser, "classic_ddim_eps_estimation"):
         model_wrap = getattr(getattr(p, "sampler", None), "model_wrap", None)
-        return SamplerConventions(sigma_to_t=getattr(model_wrap, "sigma_to_t", sigma_to_t))
+        sigma_to_t = getattr(model_wrap, "sigma_to_t", sigma_to_t)
+        if not getattr(denoiser, "classic_ddim_eps_estimation", False):
+            return SamplerConventions(sigma_to_t=sigma_to_t)
+        alphas = _model_alphas_cumprod(inner, p)
+        return SamplerConventions(
+            sigma_to_t=sigma_to_t,
+            alphas_cumprod=alphas,
+            ddim_timesteps=_ddim_timestep_grid(p) if alphas is not None else None,
+        )
     alphas = getattr(denoiser, "alphas", None)
     if alphas is not None and getattr(denoiser, "mask_before_denoising", False):
         return SamplerConventions(
@@ -56,6 +67,16 @@ def sampler_conventions(denoiser: Any, p: Any) -> SamplerConventions:
             ddim_timesteps=_ddim_timestep_grid(p),
         )
     return SamplerConventions(sigma_to_t=sigma_to_t)
+
+
+def _model_alphas_cumprod(inner: Any, p: Any):
+    """The model's alpha_bar table as a CPU float tensor: on the timesteps wrapper's model
+    (Forge sets it there), else on ``p.sd_model``; None where neither has one."""
+    for owner in (getattr(inner, "inner_model", None), getattr(p, "sd_model", None)):
+        alphas = getattr(owner, "alphas_cumprod", None)
+        if alphas is not None:
+            return alphas.detach().float().cpu()
+    return None
 
 
 def _ddim_timestep_grid(p: Any) -> Optional[tuple[int, ...]]:
@@ -70,23 +91,58 @@ def _ddim_timestep_grid(p: Any) -> Optional[tuple[int, ...]]:
 
 
 def encode_rgb(sd_model: Any, rgb: np.ndarray):
-    """RGB uint8 (H, W, 3) to a scaled latent (1, C, H/8, W/8), without touching the global RNG.
+    """RGB uint8 (H, W, 3) to a scaled latent (1, C, H/8, W/8): the VAE posterior's mean,
+    without touching the global RNG.
 
     The host's own ``images_tensor_to_samples`` samples the VAE posterior with the global
-    torch RNG, which changes the generation's init latent (HOST_A1111.md §9): take the
-    posterior's mode instead where the model returns a posterior (LDM); SDXL and Forge
-    return latents directly.
+    torch RNG, which changes the generation's init latent (HOST_A1111.md §9). Where the model
+    returns the posterior (LDM), take its mode. Where ``encode_first_stage`` samples it itself
+    and returns the latent (Forge's engines: mean + std * torch.randn), it runs with that noise
+    at zero, so the same mean comes out. The result is an ordinary tensor even when called
+    under Forge's ``inference_mode``.
     """
     import torch
     from modules import devices
 
     image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     image = (image * 2 - 1).to(devices.device, dtype=devices.dtype_vae)
-    with torch.no_grad(), devices.autocast():
+    with torch.no_grad(), devices.autocast(), torch.random.fork_rng(devices=[]), _zero_noise():
         encoded = sd_model.encode_first_stage(image)
-        if hasattr(encoded, "mode"):
+        if not torch.is_tensor(encoded) and hasattr(encoded, "mode"):  # (a tensor's .mode() is a statistic)
             encoded = encoded.mode()
-        return sd_model.get_first_stage_encoding(encoded).float()
+        return ordinary_tensor(sd_model.get_first_stage_encoding(encoded).float())
+
+
+def _zero_noise():
+    """A context in which ``torch.randn`` / ``randn_like`` give zeros, in this thread only
+    (a torch function mode): a posterior sampled inside it is its mean."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class ZeroNoise(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func is torch.randn:
+                kwargs.pop("generator", None)
+                return torch.zeros(*args, **kwargs)
+            if func is torch.randn_like:
+                return torch.zeros_like(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return ZeroNoise()
+
+
+def ordinary_tensor(tensor):
+    """A detached copy of ``tensor`` that is not an inference tensor.
+
+    Forge runs generation under ``torch.inference_mode()`` (HOST_A1111.md §6.3): tensors made
+    there cannot be modified in place, or saved for backward, once outside it. Use this for
+    anything kept beyond the generation.
+    """
+    import torch
+
+    with torch.inference_mode(False):
+        return tensor.detach().clone()
 
 
 def to_pil(value: Any):

@@ -4,6 +4,7 @@ The two callbacks are module-level functions so that ``remove_callbacks_for_func
 can also remove registrations leaked by a generation that failed before cleanup
 (HOST_A1111.md §9). Each call checks that the denoiser's ``p`` carries the active guidance
 (``p._vg_guidance``), so a leaked registration never touches someone else's generation.
+Only ``on_cfg_denoiser`` and ``on_cfg_after_cfg`` are used: Forge never calls ``on_cfg_denoised``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _on_cfg_denoiser(params: Any) -> None:
     if guidance.conventions is None:
         guidance.conventions = compat.sampler_conventions(denoiser, p)
     rows = _active_batch_size
-    # The last B rows are the per-image latents (cond rows come first; HOST_A1111.md §1.4).
+    # The last B rows are the per-image latents: A1111 puts the cond rows first (HOST_A1111.md
+    # §1.4), Forge passes only the B rows (§6.3). Forge's DDIM shows sigma and k-diffusion x here.
     guidance.observe_input(params.x[-rows:], params.sigma[-rows:])
     _pending = True
 

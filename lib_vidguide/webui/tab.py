@@ -658,6 +658,13 @@ def on_ui_tabs():
                 motion_brush_tab.build()
             # --- end of the motion brush sub-tab.
 
+            # --- Edit sub-tab (Tune-A-Video, Motion Inversion, AttentionFlow): lib_vidguide/webui/edit_tab.py.
+            with gr.TabItem("Edit", id="vidguide_edit_tab", elem_id="vidguide_edit_tab"):
+                from . import edit_tab
+
+                edit_tab.build()
+            # --- end of the edit sub-tab.
+
         # Generate and Resume run like txt2img: the host's GPU wrapper, the task id from the JS.
         generate_button.click(
             fn=compat.gpu_call(generate, extra_outputs=[gr.update(), gr.update()]),

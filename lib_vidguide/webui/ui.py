@@ -77,7 +77,7 @@ def video_controls(elem_id) -> list:
     import gradio as gr
 
     defaults = VideoSettings()
-    video = gr.Video(label="Source video", elem_id=elem_id("video"))
+    video = compat.video_input("Source video", elem_id("video"))
     enabled = gr.Checkbox(value=defaults.guidance.enabled, label="Flow guidance (off = plain per-frame img2img)",
                           elem_id=elem_id("enabled"))
     controls = guidance_controls(elem_id, defaults.guidance)

@@ -4,6 +4,7 @@
 //   onUiLoaded(cb)    cb() once, when the tabs have been rendered
 //   onUiUpdate(cb)    cb(mutations) after every change of the page's DOM
 //   onUiTabChange(cb) cb() when the selected top-level tab changes
+//   updateInput(el)   an "input" event on el, so that gradio takes a value set by a script
 (function() {
     "use strict";
 
@@ -20,6 +21,13 @@
             root.getElementById = function(id) { return document.getElementById(id); };
         }
         return root.shadowRoot ? root.shadowRoot : root;
+    };
+
+    // updateInput(target): tells gradio an input's value was changed by a script ("input" event).
+    window.updateInput = function(target) {
+        var event = new Event("input", {bubbles: true});
+        Object.defineProperty(event, "target", {value: target});
+        target.dispatchEvent(event);
     };
 
     window.onUiLoaded = function(callback) { loadedCallbacks.push(callback); };

@@ -6,6 +6,10 @@ interrupt check, before_process_batch, process_batch, conds, sample (noise from 
 process_before_every_sampling), post_sample, full VAE decode, state.nextjob,
 postprocess_batch, postprocess_image; Processed; postprocess. Nothing wraps the hooks in a
 try/finally: an exception skips postprocess (HOST_A1111.md §3.4).
+
+Forge mode (HOST_A1111.md §6.3): everything from p.init on runs under torch.inference_mode()
+instead of no_grad, the uncond is None when cfg_scale == 1, and PostprocessImageArgs carries
+the image's index.
 """
 
 import random
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, images, prompt_parser, rng, scripts, sd_samplers, sd_samplers_common, shared
+from modules import devices, images, prompt_parser, rng, scripts, sd_samplers, sd_samplers_common, shared, standin_mode
 from modules.shared import opts, state
 
 opt_C = 4
@@ -153,7 +157,10 @@ class StableDiffusionProcessing:
         self.all_negative_prompts = self.batch_size * self.n_iter * [self.negative_prompt]
 
     def setup_conds(self):
-        self.uc = prompt_parser.get_learned_conditioning(self.sd_model, self.negative_prompts, self.steps)
+        if standin_mode.FORGE and self.cfg_scale == 1:
+            self.uc = None  # Forge: "Skipping unconditional conditioning when CFG = 1"
+        else:
+            self.uc = prompt_parser.get_learned_conditioning(self.sd_model, self.negative_prompts, self.steps)
         self.c = prompt_parser.get_multicond_learned_conditioning(self.sd_model, self.prompts, self.steps)
 
     def get_conds(self):
@@ -296,7 +303,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
 
     output_images = []
     infotexts = []
-    with torch.no_grad():
+    with (torch.inference_mode() if standin_mode.FORGE else torch.no_grad()):
         p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
         if state.job_count == -1:
             state.job_count = p.n_iter
@@ -344,7 +351,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                 x_sample = 255.0 * np.moveaxis(x_sample.cpu().numpy(), 0, 2)
                 image = Image.fromarray(x_sample.astype(np.uint8))
                 if p.scripts is not None:
-                    pp = scripts.PostprocessImageArgs(image)
+                    pp = (scripts.PostprocessImageArgs(image, i + p.iteration * p.batch_size) if standin_mode.FORGE
+                          else scripts.PostprocessImageArgs(image))
                     p.scripts.postprocess_image(p, pp)
                     image = pp.image
                 text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)

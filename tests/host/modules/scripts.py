@@ -8,6 +8,8 @@
   then the "Script" dropdown at index 0, then selectable scripts; args_from/args_to index it.
 - AlwaysOn hooks get p.script_args[args_from:args_to]; exceptions are reported and swallowed.
 - A selectable script only gets run(); it is picked by args[0] (1-based, 0 = None).
+- Forge mode: every script basedir stays on sys.path, PostprocessImageArgs(image, index),
+  Script.sorting_priority.
 """
 
 import importlib.util
@@ -16,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from modules import errors
+from modules import errors, standin_mode
 
 
 class AlwaysVisibleSentinel:
@@ -31,9 +33,15 @@ class PostSampleArgs:
     samples: object
 
 
-@dataclass
-class PostprocessImageArgs:
-    image: object
+if standin_mode.FORGE:
+    class PostprocessImageArgs:
+        def __init__(self, image, index):
+            self.image = image
+            self.index = index
+else:
+    @dataclass
+    class PostprocessImageArgs:
+        image: object
 
 
 @dataclass
@@ -64,6 +72,8 @@ class Script:
     api_info = None
     setup_for_ui_only = False
     controls = None
+    if standin_mode.FORGE:
+        sorting_priority = 0
 
     def title(self):
         raise NotImplementedError()
@@ -147,6 +157,10 @@ def load_scripts(extension_dirs):
 
     scripts_data.clear()
     script_callbacks.clear_callbacks()
+    if standin_mode.FORGE:  # Forge keeps every script basedir on sys.path for good
+        for extension_dir in extension_dirs:
+            if extension_dir not in sys.path:
+                sys.path = [extension_dir] + sys.path
     syspath = sys.path
     for extension_dir in extension_dirs:
         scripts_dir = os.path.join(extension_dir, "scripts")

@@ -4,6 +4,11 @@ It wraps real diffusers components (lib_vidguide.tiny_models) behind the CompVis
 ``apply_model`` (epsilon), ``alphas_cumprod``, ``encode_first_stage`` returning a posterior,
 ``get_first_stage_encoding`` that *samples* it with the global torch RNG (as LDM does),
 ``decode_first_stage``, ``get_learned_conditioning``.
+
+Forge mode (``ForgeTinyDiffusion``): as Forge's ``backend.diffusion_engine`` SD1.5 engine,
+``encode_first_stage`` samples the posterior itself (global RNG) and returns the scaled latent,
+``get_first_stage_encoding`` is the identity, and encode/decode/conditioning run under
+``torch.inference_mode()`` (HOST_A1111.md §6.3).
 """
 
 import types
@@ -63,7 +68,29 @@ class TinyLatentDiffusion(torch.nn.Module):
         return contextlib.nullcontext()
 
 
+class ForgeTinyDiffusion(TinyLatentDiffusion):
+    @torch.inference_mode()
+    def get_learned_conditioning(self, prompts):
+        return super().get_learned_conditioning(prompts)
+
+    @torch.inference_mode()
+    def encode_first_stage(self, x):
+        posterior = self.vae.encode(x).latent_dist
+        # backend/nn/vae.py DiagonalGaussianDistribution.sample(): the global torch RNG
+        sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape).to(posterior.mean.device)
+        return (self.scale_factor * sample).to(x)
+
+    def get_first_stage_encoding(self, x):
+        return x  # legacy code, do not change
+
+    @torch.inference_mode()
+    def decode_first_stage(self, z):
+        return super().decode_first_stage(z).to(z)
+
+
 def load_tiny_model(seed=0):
     from lib_vidguide.tiny_models import build_tiny_components
+    from modules import standin_mode
 
-    return TinyLatentDiffusion(build_tiny_components(seed)).eval()
+    model_class = ForgeTinyDiffusion if standin_mode.FORGE else TinyLatentDiffusion
+    return model_class(build_tiny_components(seed)).eval()

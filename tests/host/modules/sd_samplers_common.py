@@ -5,7 +5,7 @@ from collections import namedtuple
 
 import torch
 
-from modules import devices, shared
+from modules import devices, shared, standin_mode
 from modules.shared import opts, state
 
 SamplerDataTuple = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
@@ -47,9 +47,12 @@ def _cheap_approximation(sample):
 
 
 def samples_to_images_tensor(sample, approximation=None, model=None):
-    """Latents to an RGB tensor in [-1, 1]; approximation=None means the live-preview method."""
+    """Latents to an RGB tensor in [-1, 1]; approximation=None means the live-preview method
+    (in Forge, never a full decode: "Full" there becomes Approx NN)."""
     if approximation is None:
         approximation = approximation_indexes.get(opts.show_progress_type, 0)
+        if standin_mode.FORGE and approximation == 0:
+            approximation = 1
     if approximation != 0:
         return _cheap_approximation(sample)
     model = model or shared.sd_model

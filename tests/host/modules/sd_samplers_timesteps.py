@@ -4,6 +4,10 @@ img2img noises the init latent at timesteps[t_enc] but the loop runs len(timeste
 iterations, from timesteps[t_enc-1] down to timesteps[1]: t_enc-1 UNet calls, the first one
 at a lower timestep than the noise, and the last update lands on alpha_bar[timesteps[0]] =
 alpha_bar[1] < 1, not on x0 (HOST_A1111.md §3.5, §9).
+
+Forge mode: the same loop, but its CFG denoiser (``classic_ddim_eps_estimation``) shows the
+callbacks sigma and x0 and hands epsilon back (sd_samplers_cfg_denoiser.forward_forge); its
+``model_wrap`` has no ``sigma_to_t``.
 """
 
 import inspect
@@ -11,7 +15,7 @@ import inspect
 import numpy as np
 import torch
 
-from modules import devices, sd_samplers_common, shared
+from modules import devices, sd_samplers_common, shared, standin_mode
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.shared import opts
 
@@ -64,6 +68,10 @@ class CompVisTimestepsDenoiser(torch.nn.Module):
 class CFGDenoiserTimesteps(CFGDenoiser):
     def __init__(self, sampler):
         super().__init__(sampler)
+        if standin_mode.FORGE:
+            # Forge: sigma/x0 conventions around the callbacks, epsilon back to the DDIM loop.
+            self.classic_ddim_eps_estimation = True
+            return
         self.alphas = shared.sd_model.alphas_cumprod
         self.mask_before_denoising = True
 

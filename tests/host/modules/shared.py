@@ -4,7 +4,7 @@ import argparse
 import os
 import types
 
-from modules import devices
+from modules import devices, standin_mode
 from modules.shared_state import State
 
 
@@ -67,7 +67,12 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--api-auth", type=str, default=None)
 parser.add_argument("--nowebui", action="store_true")
 parser.add_argument("--skip-install", action="store_true")
-cmd_opts = parser.parse_args([])
+parser.add_argument("--use-cpu", nargs="+", default=[], type=str.lower)  # parsed by both; Forge ignores it
+if standin_mode.FORGE:
+    parser.add_argument("--always-cpu", action="store_true")  # Forge's backend/args.py: the only way to CPU
+# The stand-in runs on CPU: Forge only does that with --always-cpu (HOST_A1111.md §9.1).
+HOST_ARGV = ["--always-cpu"] if standin_mode.FORGE else []
+cmd_opts = parser.parse_args(HOST_ARGV)
 
 
 def preload_extensions(extension_dirs, argv=()):
@@ -79,7 +84,7 @@ def preload_extensions(extension_dirs, argv=()):
         path = os.path.join(extension_dir, "preload.py")
         if os.path.exists(path):
             scripts.load_module(path).preload(parser)
-    cmd_opts = parser.parse_args(list(argv))
+    cmd_opts = parser.parse_args(HOST_ARGV + list(argv))
     return cmd_opts
 
 
