@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -56,49 +54,23 @@ from lib_vidguide.pipelines import attention_flow as af  # noqa: E402
 from lib_vidguide.pipelines.sd_loading import SD1_CLIP_TEXT_CONFIG, SD1_SCHEDULER_CONFIG, SDComponents  # noqa: E402
 from lib_vidguide.synthetic import make_clip  # noqa: E402
 from lib_vidguide.tiny_models import write_tiny_tokenizer  # noqa: E402
+from _common import SD15_UNET_CONFIG, SMOKE_UNET_CONFIG, device_label, peak_rss_bytes, randomised  # noqa: E402
 
 # The seed's example (USERS.md §B.4, configs "car-moving"): the word swap car -> jeep, "moving" carries the motion.
 SOURCE_PROMPT = "a car is moving on the road"
 EDITED_PROMPT = "a jeep is moving on the desert"
 
-# Copied from bench/tune_a_video.py: runwayml/stable-diffusion-v1-5 unet/config.json (the class defaults, spelled out).
-SD15_UNET_CONFIG = dict(
-    sample_size=64, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
-    norm_num_groups=32,
-)
 # runwayml/stable-diffusion-v1-5 vae/config.json.
 SD15_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
     scaling_factor=0.18215,
 )
-SMOKE_UNET_CONFIG = dict(
-    sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-)
 SMOKE_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
     scaling_factor=0.18215,
 )
-
-
-def randomised(model, seed: int):
-    """N(0, 0.02) weights from an explicit generator, zero biases, unit norms (no slow default init)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=generator)
-    return model.eval().requires_grad_(False)
 
 
 def random_components(smoke: bool) -> SDComponents:
@@ -126,10 +98,6 @@ def random_components(smoke: bool) -> SDComponents:
     embeddings.position_ids.copy_(torch.arange(embeddings.position_ids.shape[-1]).expand_as(embeddings.position_ids))
     return SDComponents(tokenizer=tokenizer, text_encoder=models[2], unet=models[0], vae=models[1],
                         scheduler_config=dict(SD1_SCHEDULER_CONFIG), source="random-sd15", kind="diffusers")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def synthetic_clip(frames: int, size: int) -> np.ndarray:
@@ -320,8 +288,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     size = 64 if args.smoke else args.size
     report: dict = {
-        "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)",
+        "device": device_label(device),
         "torch": torch.__version__, "models": "smoke" if args.smoke else "SD 1.5 sizes (random weights)",
         "frames": args.frames, "size": size, "steps": args.steps, "cross_frame_attention": args.cross_frame_attention,
         "prompts": [SOURCE_PROMPT, EDITED_PROMPT],

@@ -36,11 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import statistics
 import sys
-import tempfile
 import time
 import types
 from pathlib import Path
@@ -54,54 +50,19 @@ import torch  # noqa: E402
 
 from lib_vidguide.pipelines import tune_a_video as tav  # noqa: E402
 from lib_vidguide.pipelines.sd_loading import SD1_SCHEDULER_CONFIG, SDComponents  # noqa: E402
-from lib_vidguide.pipelines.training import run_training  # noqa: E402
+from _common import (  # noqa: E402
+    SD15_UNET_CONFIG,
+    SMOKE_UNET_CONFIG,
+    device_label,
+    peak_rss_bytes,
+    random_unet,
+    report_gpu_time,
+    time_training,
+)
 
 TARGET_STEPS = 500
 TARGET_SECONDS = 600.0
 TARGET_BYTES = 24 * 1024**3
-
-# runwayml/stable-diffusion-v1-5 unet/config.json (the class defaults, spelled out).
-SD15_UNET_CONFIG = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-SMOKE_UNET_CONFIG = dict(
-    sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-)
-
-
-def random_unet(config: dict, seed: int = 0):
-    """The UNet with N(0, 0.02) weights from an explicit generator (allocation without diffusers' slow init)."""
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    with init_empty_weights():
-        unet = UNet2DConditionModel(**config)
-    unet.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=generator)
-    return unet.eval().requires_grad_(False)
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def main() -> int:
@@ -127,15 +88,16 @@ def main() -> int:
     config = SMOKE_UNET_CONFIG if args.smoke else SD15_UNET_CONFIG
     latent = size // 8
     report: dict = {
-        "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)",
+        "device": device_label(device),
         "torch": torch.__version__, "unet": "smoke" if args.smoke else "SD 1.5 (random weights)",
         "frames": args.frames, "size": size, "gradient_checkpointing": not args.no_gradient_checkpointing,
     }
 
     # 1. The real-size UNet, inflated; the trainable tensors and the saved file's size.
+    from diffusers import UNet2DConditionModel
+
     started = time.perf_counter()
-    unet = random_unet(config)
+    unet = random_unet(UNet2DConditionModel, config)
     report["unet_params"] = sum(p.numel() for p in unet.parameters())
     components = SDComponents(
         tokenizer=None, text_encoder=None, unet=unet, scheduler_config=dict(SD1_SCHEDULER_CONFIG), source="random-sd15",
@@ -162,39 +124,11 @@ def main() -> int:
           f"set-up {report['setup_s']} s", flush=True)
 
     # 2. Train warmup + steps through the library's loop; the step times come from the progress events.
-    stamps: list[float] = []
-    losses: list[float] = []
-
-    def progress(event) -> None:
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-        losses.append(event.loss)
-        print(f"step {event.step}/{event.total_steps}: loss {event.loss:.4f}, {event.elapsed_s:.1f} s since start", flush=True)
-
-    with tempfile.TemporaryDirectory() as output_dir:
-        loop_started = time.perf_counter()
-        result = run_training(trainer, settings, output_dir, device=device, progress=progress)
-        weights_file = Path(output_dir) / tav.WEIGHTS_FILENAME
-        report["weights_file_bytes"] = weights_file.stat().st_size if weights_file.is_file() else None
-    boundaries = [loop_started] + stamps
-    step_times = [b - a for a, b in zip(boundaries, boundaries[1:])]
-    timed = step_times[warmup:]
-    report["mixed_precision"] = result.mixed_precision
-    report["notes"] = result.notes
-    report["step_seconds_all"] = [round(t, 3) for t in step_times]
-    report["step_seconds_median"] = round(statistics.median(timed), 3) if timed else None
-    report["losses"] = [round(x, 4) for x in losses]
+    result, step_times, timed = time_training(trainer, settings, device, tav.WEIGHTS_FILENAME, warmup, report)
 
     # 3. Memory and the targets.
     if on_gpu:
-        peak = result.peak_memory_bytes
-        report["gpu_peak_allocated_bytes"] = peak
-        report["gpu_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-        per_step = report["step_seconds_median"]
-        estimate = per_step * TARGET_STEPS if per_step else None
-        report["extrapolated_500_steps_s"] = round(estimate, 1) if estimate else None
-        report["meets_time_target"] = bool(estimate and estimate <= TARGET_SECONDS)
+        peak, per_step, estimate = report_gpu_time(result, device, report, TARGET_STEPS, TARGET_SECONDS)
         report["meets_memory_target"] = bool(peak is not None and peak <= TARGET_BYTES)
         print(f"GPU: {per_step:.3f} s/step (median of {len(timed)}) -> {TARGET_STEPS} steps ~ {estimate / 60:.1f} min "
               f"(extrapolated; target {TARGET_SECONDS / 60:.0f} min); peak allocated {peak / 1024**3:.2f} GiB "

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Optional
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -96,6 +97,71 @@ def wait_for_event(page, event, seconds: float) -> bool:
     while not event.is_set() and time.monotonic() < deadline:
         page.wait_for_timeout(50)
     return event.is_set()
+
+
+@contextlib.contextmanager
+def private_webui(webui, data: Path, *, default_allowed_roots: bool = False) -> Iterator[pytest.MonkeyPatch]:
+    """The stand-in WebUI over the data folder ``data`` (models in ``data/models``), API auth off and, with
+    ``default_allowed_roots``, the default allowed roots (its outputs and vidguide-inputs). Yields the
+    MonkeyPatch for more; on leaving, every patch is undone and the WebUI reset."""
+    from modules import paths_internal, shared
+
+    patch = pytest.MonkeyPatch()
+    try:
+        patch.setattr(paths_internal, "data_path", str(data))
+        patch.setattr(paths_internal, "models_path", str(data / "models"))
+        patch.setattr(shared.cmd_opts, "api_auth", None, raising=False)
+        if default_allowed_roots:
+            patch.setattr(shared.cmd_opts, "vidguide_allowed_roots", "", raising=False)
+        yield patch
+    finally:
+        patch.undo()
+        webui.reset()
+
+
+@contextlib.contextmanager
+def page_server(webui) -> Iterator[object]:
+    """The WebUI reset, then the stand-in page on loopback (its tabs are built now: after what the test
+    put in place); stopped on leaving."""
+    from webui_page import PageServer
+
+    webui.reset()
+    server = PageServer.start([REPO])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fill_box(page, elem_id: str, value) -> None:
+    """Types ``value`` into the control's number or text box, then Tab (gradio takes number values on blur too)."""
+    box = page.locator(f"#{elem_id}").locator("input[type=number], textarea, input[type=text]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def wait_status(page, elem_id: str, statuses: tuple[str, ...], timeout_ms: int = TIMEOUT_MS) -> str:
+    """Waits for the status HTML ``elem_id`` to show one of ``statuses`` (or an error) and asserts it is one
+    of ``statuses``; returns its text."""
+    selector = ", ".join(f"#{elem_id} [data-status='{status}']" for status in (*statuses, "error"))
+    page.wait_for_selector(selector, timeout=timeout_ms)
+    text = page.inner_text(f"#{elem_id}")
+    status = page.get_attribute(f"#{elem_id} [data-status]", "data-status")
+    assert status in statuses, f"expected {statuses}, the page says: {text}"
+    return text
+
+
+def watch_progress(page, tab_selector: str, store: str) -> None:
+    """Record, in the page's ``window[store].texts``, every progress-bar text shown under ``tab_selector``."""
+    page.evaluate("""([tab, store]) => {
+        window[store] = {texts: []};
+        new MutationObserver(() => {
+            const root = typeof gradioApp === 'function' ? gradioApp() : document;
+            const bar = root.querySelector(tab + ' .progressDiv .progress');
+            const seen = window[store].texts;
+            if (bar && bar.textContent && seen[seen.length - 1] !== bar.textContent) seen.push(bar.textContent);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""", [tab_selector, store])
 
 
 def open_top_tab(page, label: str) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lib_vidguide.pipelines import attention_flow as af
 from lib_vidguide.pipelines import tune_a_video as tav
+from lib_vidguide.pipelines.cli_support import given
 from lib_vidguide.pipelines.sd_loading import SD1_SCHEDULER_CONFIG, SDComponents
 from lib_vidguide.synthetic import make_clip
 from lib_vidguide.tiny_models import build_tiny_components, save_tiny_pipeline
@@ -547,7 +548,7 @@ def test_register_cli_adds_attention_flow():
     args = parser.parse_args(["attention-flow", "v.mp4", "out.mp4", "--model", "m", "--source-prompt", "a car is moving",
                               "--prompt", "a jeep is moving", "--injection-strength", "0.09", "--motion-words", "moving",
                               "--cross-frame-attention", "sparse_causal", "--no-half-precision"])
-    chosen = af.AttentionFlowSettings.from_dict(tav._given(args, af.AttentionFlowSettings))
+    chosen = af.AttentionFlowSettings.from_dict(given(args, af.AttentionFlowSettings))
     assert args.handler is af.run_cli and args.prompt == ["a jeep is moving"]
     assert (chosen.injection_strength, chosen.motion_word_list(), chosen.cross_frame_attention) == (0.09, ["moving"],
                                                                                                     "sparse_causal")

@@ -26,7 +26,6 @@ pytest.importorskip("playwright.sync_api")
 import browser_support  # noqa: E402
 from test_audio import make_source  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = browser_support.TIMEOUT_MS
 # Small and quick on the tiny model; the same for every job here so their frames compare.
 SETTINGS = {"prompt": "a painting", "steps": 6, "denoising_strength": 0.5, "seed": 9, "width": 64, "height": 64}
@@ -57,26 +56,13 @@ class Site:
 @pytest.fixture(scope="module")
 def site(webui, tmp_path_factory):
     """The stand-in page on loopback, over a private WebUI data folder whose inputs folder is allowed."""
-    from modules import paths_internal, shared
-    from webui_page import PageServer
-
-    patch = pytest.MonkeyPatch()
     data = tmp_path_factory.mktemp("browser") / "webui"
-    patch.setattr(paths_internal, "data_path", str(data))
-    patch.setattr(paths_internal, "models_path", str(data / "models"))
-    patch.setattr(shared.cmd_opts, "vidguide_allowed_roots", "", raising=False)
-    patch.setattr(shared.cmd_opts, "api_auth", None, raising=False)
-    inputs = data / "vidguide-inputs"
-    inputs.mkdir(parents=True)
-    source = make_source(inputs / "clip.mp4")
-    webui.reset()
-    server = PageServer.start([REPO])
-    try:
-        yield Site(server.url, data, source)
-    finally:
-        server.stop()
-        patch.undo()
-        webui.reset()
+    with browser_support.private_webui(webui, data, default_allowed_roots=True):
+        inputs = data / "vidguide-inputs"
+        inputs.mkdir(parents=True)
+        source = make_source(inputs / "clip.mp4")
+        with browser_support.page_server(webui) as server:
+            yield Site(server.url, data, source)
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +83,12 @@ def page(browser, site, request, record_property):
 
 
 def open_vidguide(page) -> None:
-    page.click("#tabs > .tab-nav button:has-text('VidGuide')")
+    browser_support.open_top_tab(page, "VidGuide")
     page.wait_for_selector("#vidguide_generate", state="visible")
 
 
 def open_sub_tab(page, label: str) -> None:
-    page.click(f"#vidguide_tabs > .tab-nav button:has-text('{label}')")
+    browser_support.open_sub_tab(page, "vidguide_tabs", label)
 
 
 def job_row(page, job_id: str):
@@ -124,9 +110,7 @@ def fill_settings(page, *, max_frames: int) -> None:
                            ("vidguide_denoising_strength", SETTINGS["denoising_strength"]),
                            ("vidguide_seed", SETTINGS["seed"]), ("vidguide_width", SETTINGS["width"]),
                            ("vidguide_height", SETTINGS["height"]), ("vidguide_max_frames", max_frames)):
-        box = field(page, elem_id)
-        box.fill(str(value))
-        box.press("Tab")  # gradio takes number values on blur too
+        browser_support.fill_box(page, elem_id, value)
 
 
 def watch_progress(page) -> None:
@@ -147,13 +131,7 @@ def progress_seen(page) -> dict:
     return page.evaluate("() => window.__vg")
 
 
-def wait_status(page, elem_id: str, statuses: tuple[str, ...], timeout_ms: int = TIMEOUT_MS) -> str:
-    selector = ", ".join(f"#{elem_id} [data-status='{status}']" for status in (*statuses, "error"))
-    page.wait_for_selector(selector, timeout=timeout_ms)
-    text = page.inner_text(f"#{elem_id}")
-    status = page.get_attribute(f"#{elem_id} [data-status]", "data-status")
-    assert status in statuses, f"expected {statuses}, the page says: {text}"
-    return text
+wait_status = browser_support.wait_status
 
 
 def video_src(page, elem_id: str) -> str:

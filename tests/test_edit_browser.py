@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 from test_edit_webui import install_edit_models, tiny_edit_models  # noqa: F401 (a fixture)
@@ -25,7 +24,6 @@ pytest.importorskip("playwright.sync_api")
 
 import browser_support  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = browser_support.TIMEOUT_MS
 # Tiny and quick: 2 frames of 64x64, 2 training steps, 2 sampling and inversion steps.
 CLIP_SETTINGS = {"frames": 2, "width": 64, "height": 64, "sample_stride": 1}
@@ -39,26 +37,13 @@ screenshot = browser_support.screenshot  # into tests/artefacts/gradio<major>/
 @pytest.fixture(scope="module")
 def site(webui, tiny_edit_models, tmp_path_factory):
     """The stand-in page over a private WebUI data folder with the tiny models and a clip in vidguide-inputs."""
-    from modules import paths_internal, shared
-    from webui_page import PageServer
-
-    patch = pytest.MonkeyPatch()
     data = tmp_path_factory.mktemp("ed-browser") / "webui"
-    patch.setattr(paths_internal, "data_path", str(data))
-    patch.setattr(paths_internal, "models_path", str(data / "models"))
-    patch.setattr(shared.cmd_opts, "api_auth", None, raising=False)
-    patch.setattr(shared.cmd_opts, "vidguide_allowed_roots", "", raising=False)
-    install_edit_models(data, tiny_edit_models)
-    (data / "vidguide-inputs").mkdir(parents=True)
-    write_clip(data / "vidguide-inputs" / "clip.mp4", moving_pattern(4))
-    webui.reset()
-    server = PageServer.start([REPO])  # the tab (and its model dropdowns) is built now: after the models exist
-    try:
-        yield {"url": server.url, "data": data, "clip": data / "vidguide-inputs" / "clip.mp4"}
-    finally:
-        server.stop()
-        patch.undo()
-        webui.reset()
+    with browser_support.private_webui(webui, data, default_allowed_roots=True):
+        install_edit_models(data, tiny_edit_models)
+        (data / "vidguide-inputs").mkdir(parents=True)
+        write_clip(data / "vidguide-inputs" / "clip.mp4", moving_pattern(4))
+        with browser_support.page_server(webui) as server:  # built now: its model dropdowns list these models
+            yield {"url": server.url, "data": data, "clip": data / "vidguide-inputs" / "clip.mp4"}
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +62,12 @@ def page(browser, site, request, record_property):
 
 
 def open_edit(page) -> None:
-    page.click("#tabs > .tab-nav button:has-text('VidGuide')")
-    page.click("#vidguide_tabs > .tab-nav button:has-text('Edit')")
+    browser_support.open_top_tab(page, "VidGuide")
+    browser_support.open_sub_tab(page, "vidguide_tabs", "Edit")
     page.wait_for_selector("#vidguide_ed_edit", state="visible")
 
 
-def fill(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id}").locator("input[type=number], textarea, input[type=text]").first
-    box.fill(str(value))
-    box.press("Tab")  # gradio takes number values on blur too
+fill = browser_support.fill_box
 
 
 def fill_all(page, values: dict) -> None:
@@ -98,12 +80,7 @@ def choose_method(page, label: str) -> None:
 
 
 def wait_status(page, statuses: tuple[str, ...], timeout: int = TIMEOUT_MS) -> str:
-    selector = ", ".join(f"#vidguide_ed_status [data-status='{status}']" for status in (*statuses, "error"))
-    page.wait_for_selector(selector, timeout=timeout)
-    text = page.inner_text("#vidguide_ed_status")
-    status = page.get_attribute("#vidguide_ed_status [data-status]", "data-status")
-    assert status in statuses, f"expected {statuses}, the page says: {text}"
-    return text
+    return browser_support.wait_status(page, "vidguide_ed_status", statuses, timeout)
 
 
 def clear_status(page) -> None:
@@ -115,16 +92,8 @@ def clear_status(page) -> None:
 
 
 def watch_progress(page) -> None:
-    """Record, in the page, every progress-bar text the sub-tab shows."""
-    page.evaluate("""() => {
-        window.__ed = {texts: []};
-        new MutationObserver(() => {
-            const root = typeof gradioApp === 'function' ? gradioApp() : document;
-            const bar = root.querySelector('#vidguide_edit_tab .progressDiv .progress');
-            const seen = window.__ed.texts;
-            if (bar && bar.textContent && seen[seen.length - 1] !== bar.textContent) seen.push(bar.textContent);
-        }).observe(document.body, {subtree: true, childList: true, characterData: true});
-    }""")
+    """Record, in the page (``window.__ed.texts``), every progress-bar text the sub-tab shows."""
+    browser_support.watch_progress(page, "#vidguide_edit_tab", "__ed")
 
 
 # --------------------------------------------------------------------------- the browser

@@ -27,7 +27,6 @@ from PIL import Image
 pytest.importorskip("playwright.sync_api")
 import browser_support  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = browser_support.TIMEOUT_MS
 IMAGE_SIZE = 128  # the picture uploaded (a multiple of 64: no resize, so the mask compares pixel for pixel)
 # Tiny and quick: the tiny SVD was built for 4 frames.
@@ -62,34 +61,23 @@ def site(webui, tmp_path_factory):
     """The stand-in page over a private WebUI data folder with a tiny SVD in <models>/svd/tiny, and
     ``MotionBrushRunner.run`` wrapped to record the mask each run receives (then it runs for real)."""
     from lib_vidguide.svd_motion_brush import MotionBrushRunner, save_tiny_svd
-    from modules import paths_internal, shared
-    from webui_page import PageServer
 
-    patch = pytest.MonkeyPatch()
     data = tmp_path_factory.mktemp("mb-browser") / "webui"
-    patch.setattr(paths_internal, "data_path", str(data))
-    patch.setattr(paths_internal, "models_path", str(data / "models"))
-    patch.setattr(shared.cmd_opts, "api_auth", None, raising=False)
-    save_tiny_svd(data / "models" / "svd" / "tiny")
-    picture = data / "still.png"
-    still_picture().save(picture)
-    site = Site("", data, picture)
-    original = MotionBrushRunner.run
+    with browser_support.private_webui(webui, data) as patch:
+        save_tiny_svd(data / "models" / "svd" / "tiny")
+        picture = data / "still.png"
+        still_picture().save(picture)
+        site = Site("", data, picture)
+        original = MotionBrushRunner.run
 
-    def recording_run(self, image, mask, settings=None, **kwargs):
-        site.masks.append(mask)
-        return original(self, image, mask, settings, **kwargs)
+        def recording_run(self, image, mask, settings=None, **kwargs):
+            site.masks.append(mask)
+            return original(self, image, mask, settings, **kwargs)
 
-    patch.setattr(MotionBrushRunner, "run", recording_run)
-    webui.reset()
-    server = PageServer.start([REPO])  # the tab (and its model dropdown) is built now: after the model exists
-    site.url = server.url
-    try:
-        yield site
-    finally:
-        server.stop()
-        patch.undo()
-        webui.reset()
+        patch.setattr(MotionBrushRunner, "run", recording_run)
+        with browser_support.page_server(webui) as server:  # built now: its model dropdown lists this model
+            site.url = server.url
+            yield site
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +100,12 @@ def page(browser, site, request, record_property):
 
 
 def open_motion_brush(page) -> None:
-    page.click("#tabs > .tab-nav button:has-text('VidGuide')")
-    page.click("#vidguide_tabs > .tab-nav button:has-text('Motion brush')")
+    browser_support.open_top_tab(page, "VidGuide")
+    browser_support.open_sub_tab(page, "vidguide_tabs", "Motion brush")
     page.wait_for_selector("#vidguide_mb_run", state="visible")
 
 
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id}").locator("input[type=number], textarea, input[type=text]").first
-    box.fill(str(value))
-    box.press("Tab")  # gradio takes number values on blur too
+set_number = browser_support.fill_box
 
 
 def upload_picture(page, site: Site):
@@ -178,25 +163,12 @@ def fill_run_settings(page) -> None:
 
 
 def wait_status(page, statuses: tuple[str, ...]) -> str:
-    selector = ", ".join(f"#vidguide_mb_status [data-status='{status}']" for status in (*statuses, "error"))
-    page.wait_for_selector(selector, timeout=TIMEOUT_MS)
-    text = page.inner_text("#vidguide_mb_status")
-    status = page.get_attribute("#vidguide_mb_status [data-status]", "data-status")
-    assert status in statuses, f"expected {statuses}, the page says: {text}"
-    return text
+    return browser_support.wait_status(page, "vidguide_mb_status", statuses, TIMEOUT_MS)
 
 
 def watch_progress(page) -> None:
-    """Record, in the page, every progress-bar text the sub-tab shows."""
-    page.evaluate("""() => {
-        window.__mb = {texts: []};
-        new MutationObserver(() => {
-            const root = typeof gradioApp === 'function' ? gradioApp() : document;
-            const bar = root.querySelector('#vidguide_motion_brush_tab .progressDiv .progress');
-            const seen = window.__mb.texts;
-            if (bar && bar.textContent && seen[seen.length - 1] !== bar.textContent) seen.push(bar.textContent);
-        }).observe(document.body, {subtree: true, childList: true, characterData: true});
-    }""")
+    """Record, in the page (``window.__mb.texts``), every progress-bar text the sub-tab shows."""
+    browser_support.watch_progress(page, "#vidguide_motion_brush_tab", "__mb")
 
 
 def mask_values(mask) -> np.ndarray:

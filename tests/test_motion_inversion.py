@@ -24,6 +24,7 @@ import torch
 
 from lib_vidguide.pipelines import motion_inversion as mi
 from lib_vidguide.pipelines import training
+from lib_vidguide.pipelines.cli_support import given
 from lib_vidguide.pipelines.training import run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -508,12 +509,12 @@ def test_register_cli_adds_train_and_generate():
     mi.register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["motion-inversion", "train", "v.mp4", "--model", "m", "--prompt", "p", "--out", "o",
                               "--loss", "debiased_hybrid", "--max-train-steps", "7", "--resume"])
-    parsed = mi.MotionInversionSettings.from_dict(mi._given(args, mi.MotionInversionSettings))
+    parsed = mi.MotionInversionSettings.from_dict(given(args, mi.MotionInversionSettings))
     assert (args.handler, args.resume, parsed.loss, parsed.max_train_steps, parsed.learning_rate) == (
         mi.run_train_cli, "latest", "debiased_hybrid", 7, 0.05)
     args = parser.parse_args(["motion-inversion", "generate", "out.mp4", "--model", "m", "--weights", "w",
                               "--prompt", "a", "--prompt", "b", "--debias", "drop_value", "--noise-prior", "0"])
-    parsed = mi.MotionInversionGenerateSettings.from_dict(mi._given(args, mi.MotionInversionGenerateSettings))
+    parsed = mi.MotionInversionGenerateSettings.from_dict(given(args, mi.MotionInversionGenerateSettings))
     assert (args.handler, args.prompt, parsed.debias, parsed.noise_prior) == (mi.run_generate_cli, ["a", "b"], "drop_value", 0.0)
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from lib_vidguide.pipelines import tune_a_video as tav
+from lib_vidguide.pipelines.cli_support import given
 from lib_vidguide.pipelines.sd_loading import (
     SD1_CLIP_TEXT_CONFIG,
     SD1_SCHEDULER_CONFIG,
@@ -595,12 +596,12 @@ def test_register_cli_adds_train_and_edit():
     tav.register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["tune-a-video", "train", "v.mp4", "--model", "m", "--prompt", "p", "--out", "o",
                               "--max-train-steps", "7", "--no-gradient-checkpointing", "--resume"])
-    settings = tav.TuneAVideoSettings.from_dict(tav._given(args, tav.TuneAVideoSettings))
+    settings = tav.TuneAVideoSettings.from_dict(given(args, tav.TuneAVideoSettings))
     assert (args.handler, args.resume) == (tav.run_train_cli, "latest")
     assert (settings.max_train_steps, settings.gradient_checkpointing, settings.learning_rate) == (7, False, 3e-5)
     args = parser.parse_args(["tune-a-video", "edit", "v.mp4", "out.mp4", "--model", "m", "--weights", "w",
                               "--prompt", "a", "--prompt", "b", "--guidance-scale", "9"])
-    settings = tav.TuneAVideoEditSettings.from_dict(tav._given(args, tav.TuneAVideoEditSettings))
+    settings = tav.TuneAVideoEditSettings.from_dict(given(args, tav.TuneAVideoEditSettings))
     assert (args.handler, args.prompt, settings.guidance_scale, settings.frames) == (tav.run_edit_cli, ["a", "b"], 9.0, None)
 
 

@@ -12,36 +12,19 @@ test_motion_brush_browser.py.)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("playwright.sync_api")
 import browser_support  # noqa: E402
 import ui_expectations as expected  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def server(webui, tmp_path_factory):
     """The stand-in page (img2img tab with the scripts, the VidGuide tab) over a private data folder."""
-    from modules import paths_internal, shared
-    from webui_page import PageServer
-
-    patch = pytest.MonkeyPatch()
-    data = tmp_path_factory.mktemp("ui-browser") / "webui"
-    patch.setattr(paths_internal, "data_path", str(data))
-    patch.setattr(paths_internal, "models_path", str(data / "models"))
-    patch.setattr(shared.cmd_opts, "api_auth", None, raising=False)
-    webui.reset()
-    server = PageServer.start([REPO])
-    try:
-        yield server
-    finally:
-        server.stop()
-        patch.undo()
-        webui.reset()
+    with browser_support.private_webui(webui, tmp_path_factory.mktemp("ui-browser") / "webui"):
+        with browser_support.page_server(webui) as server:
+            yield server
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@
 * :mod:`.training` — the training loop every method shares: accelerate (mixed precision,
   several GPUs through ``accelerate launch``), gradient checkpointing, optional 8-bit Adam,
   progress, checkpoints every N steps and an exact resume.
+* :mod:`.cli_support` — what the pipelines' command lines share: settings from options, Ctrl+C
+  that checkpoints, the ``train`` runner and the runner of commands that write videos.
 * :mod:`.tune_a_video` — Tune-A-Video: inflation of an SD 1.x UNet, training, DDIM
   inversion and editing, and the ``tune-a-video train|edit`` command line.
 

@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import sys
 import time
@@ -97,6 +96,8 @@ from pydantic import Field
 
 from ..settings import FlowMethod, StrictModel, field_check
 from . import tune_a_video as tav
+from .cli_support import run_video_command
+from .sd_loading import _decode_latents, _encode_prompts, _output_paths, _place_components
 
 logger = logging.getLogger("vidguide")
 
@@ -1073,13 +1074,8 @@ class AttentionFlowPipeline:
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, components: Any, *, device: Any = None, dtype: Any = None):
-        import torch
-
         self.components = components
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype or torch.float32
-        for module in (components.unet, components.vae, components.text_encoder):
-            module.to(self.device, self.dtype)
+        self.device, self.dtype = _place_components(components, device, dtype)
         self.weights_info: Optional[tav.TuneAVideoWeightsInfo] = None
 
     @property
@@ -1179,7 +1175,7 @@ class AttentionFlowPipeline:
     # 2. Encoders
 
     def encode_prompt(self, prompts: Sequence[str]) -> Tuple[Any, List[str]]:
-        embeddings, notes = tav._encode_prompts(self.components.tokenizer, self.components.text_encoder, prompts)
+        embeddings, notes = _encode_prompts(self.components.tokenizer, self.components.text_encoder, prompts)
         return embeddings.to(self.dtype), notes
 
     def encode_video(self, frames: np.ndarray, decode_chunk_size: int = 8) -> Any:
@@ -1188,16 +1184,7 @@ class AttentionFlowPipeline:
         return (mean * float(self.components.vae.config.scaling_factor)).to(self.dtype)
 
     def decode_latents(self, latents: Any, decode_chunk_size: int = 8) -> np.ndarray:
-        import torch
-
-        vae = self.components.vae
-        pictures = []
-        with torch.no_grad():
-            for begin in range(0, latents.shape[0], decode_chunk_size):
-                chunk = latents[begin:begin + decode_chunk_size].to(vae.device, vae.dtype) / float(vae.config.scaling_factor)
-                image = vae.decode(chunk).sample.float()
-                pictures.append(((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-        return torch.cat(pictures).numpy()
+        return _decode_latents(self.components.vae, latents, decode_chunk_size)
 
     # 3. Inversion
 
@@ -1440,7 +1427,7 @@ def edit_attention_flow(
     started = time.perf_counter()
     # 1. Check inputs before anything heavy is loaded.
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-    paths = tav._edit_output_paths(output_path, max(1, len(prompt_list)))
+    paths = _output_paths(output_path, max(1, len(prompt_list)))
     clip = tav.sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
                                    width=settings.width, height=settings.height, fps=fps)
     notes = list(clip.notes)
@@ -1523,38 +1510,11 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``attention-flow``: 0 when done, 2 with one ``error:`` line for bad input."""
-    try:
-        settings = AttentionFlowSettings.from_dict(tav._given(args, AttentionFlowSettings))
-
-        def progress(step: int, steps: int) -> None:
-            print(f"step {step}/{steps}", file=sys.stderr, flush=True)
-
-        result = edit_attention_flow(
-            args.video, args.source_prompt, args.prompt, settings, model=args.model, weights=args.weights,
-            models_dir=args.models_dir, tokenizer=args.tokenizer, device=args.device, output_path=args.output,
-            progress=progress,
-        )
-        frame_dirs = []
-        if args.frames_dir:
-            from ..atomic import save_png_atomic
-
-            for index, frames in enumerate(result.videos):
-                folder = Path(args.frames_dir) / (f"video-{index + 1}" if len(result.videos) > 1 else "")
-                for number, frame in enumerate(frames):
-                    save_png_atomic(folder / f"frame_{number:05d}.png", frame)
-                frame_dirs.append(str(folder))
-    except ValueError as error:  # includes pydantic's ValidationError and VideoInputError
-        print(f"error: {tav._one_line(error)}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(json.dumps({
-        "outputs": [str(path) for path in result.output_paths], "frames": int(result.videos[0].shape[0]),
-        "size": [int(result.videos[0].shape[2]), int(result.videos[0].shape[1])], "fps": result.fps,
-        "motion_words": result.motion_words, "frames_dirs": frame_dirs,
-        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }))
-    return 0
+    return run_video_command(args, AttentionFlowSettings, lambda settings, progress: edit_attention_flow(
+        args.video, args.source_prompt, args.prompt, settings, model=args.model, weights=args.weights,
+        models_dir=args.models_dir, tokenizer=args.tokenizer, device=args.device, output_path=args.output,
+        progress=progress,
+    ), extra=lambda result: {"motion_words": result.motion_words})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

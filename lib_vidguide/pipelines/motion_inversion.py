@@ -87,7 +87,6 @@ import hashlib
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -98,7 +97,9 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
 import numpy as np
 from pydantic import Field
 
-from ..settings import PYDANTIC_V2, StrictModel, field_check
+from ..settings import StrictModel, field_check
+from .cli_support import run_train_command, run_video_command
+from .sd_loading import _ddim_config_from, _decode_latents, _encode_prompts, _output_paths, _place_components
 from .training import TrainingSettings
 
 logger = logging.getLogger("vidguide")
@@ -267,10 +268,6 @@ class MotionInversionGenerateSettings(StrictModel):
     @field_check("height")
     def _height_multiple(cls, value: Optional[int]) -> Optional[int]:  # noqa: N805
         return _check_multiple_of_8(value, "height")
-
-
-def _fields(model) -> dict:
-    return model.model_fields if PYDANTIC_V2 else model.__fields__
 
 
 # --------------------------------------------------------------------------- the embeddings
@@ -911,30 +908,13 @@ def resolve_t2v_model(model: Optional[str | Path], models_dir: Optional[str | Pa
     raise ValueError(f"The base model '{text}' was not found (nothing is downloaded). {_models_hint(models_dir)}")
 
 
-# Copied from lib_vidguide.pipelines.sd_loading._ddim_config_from (keys of a folder's scheduler around SD's DDIM settings)
-def _ddim_config_from(scheduler_config: Dict[str, Any]) -> Dict[str, Any]:
-    from .sd_loading import SD1_SCHEDULER_CONFIG
-
-    config = dict(SD1_SCHEDULER_CONFIG)
-    for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                "prediction_type", "steps_offset", "timestep_spacing", "set_alpha_to_one"):
-        if scheduler_config.get(key) is not None:
-            config[key] = scheduler_config[key]
-    # Latents are not confined to [-1, 1]; clipping x0 would distort inversion.
-    config["clip_sample"] = False
-    if config.get("timestep_spacing") not in ("leading", "trailing"):
-        config["timestep_spacing"] = "leading"
-    return config
-
-
 def load_t2v_components(model: Optional[str | Path], *, models_dir: Optional[str | Path] = None,
                         torch_dtype: Any = None) -> Any:
     """A diffusers text-to-video model (UNet3DConditionModel, AutoencoderKL, CLIP) as ``SDComponents``, offline."""
-    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from diffusers import UNet3DConditionModel
     from diffusers.utils import logging as diffusers_logging
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .sd_loading import SDComponents
+    from .sd_loading import SDComponents, _load_folder_parts
 
     diffusers_logging.disable_progress_bar()
     folder, name = resolve_t2v_model(model, models_dir)
@@ -950,14 +930,7 @@ def load_t2v_components(model: Optional[str | Path], *, models_dir: Optional[str
             f"'{folder}' has a {unet_class}, not a UNet3DConditionModel: it is not a ZeroScope/ModelScope-style "
             f"text-to-video model. {_models_hint(models_dir)}"
         )
-    try:
-        unet = UNet3DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"Could not load the diffusers model in '{folder}': {' '.join(str(error).split())}") from error
+    unet, vae, text_encoder, tokenizer, scheduler_config = _load_folder_parts(folder, UNet3DConditionModel)
     if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
         raise ValueError(
             f"'{folder}': the text encoder is {text_encoder.config.hidden_size} wide but the UNet expects "
@@ -1043,22 +1016,6 @@ def save_tiny_t2v_model(directory: str | Path, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- shared model helpers
 
 
-# Copied from lib_vidguide.pipelines.tune_a_video._encode_prompts
-def _encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> tuple[Any, List[str]]:
-    """CLIP hidden states of each prompt, padded to the tokenizer's 77 tokens; notes for truncated prompts."""
-    import torch
-
-    notes = []
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
-    for prompt in prompts:
-        if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
-            notes.append(f"The prompt {prompt[:40]!r}... is longer than {tokenizer.model_max_length} tokens and was cut.")
-    with torch.no_grad():
-        embeddings = text_encoder(tokens.input_ids.to(text_encoder.device))[0]
-    return embeddings, notes
-
-
 def _encode_video(vae: Any, frames: np.ndarray, chunk: int, generator: Any) -> Any:
     """Scaled latents (1, 4, frames, h, w): one sample of each frame's VAE posterior (the original caches one sample)."""
     import torch
@@ -1079,16 +1036,7 @@ def _encode_video(vae: Any, frames: np.ndarray, chunk: int, generator: Any) -> A
 
 def _decode_video(vae: Any, latents: Any, chunk: int) -> np.ndarray:
     """RGB uint8 (frames, H, W, 3) of one video's latents (4, frames, h, w)."""
-    import torch
-
-    frames = latents.permute(1, 0, 2, 3)
-    pictures = []
-    with torch.no_grad():
-        for begin in range(0, frames.shape[0], chunk):
-            part = frames[begin:begin + chunk].to(vae.device, vae.dtype) / float(vae.config.scaling_factor)
-            image = vae.decode(part).sample.float()
-            pictures.append(((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return torch.cat(pictures).numpy()
+    return _decode_latents(vae, latents.permute(1, 0, 2, 3), chunk)
 
 
 def _video_digest(frames: np.ndarray) -> str:
@@ -1420,13 +1368,8 @@ class MotionInversionPipeline:
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, components: Any, *, device: Any = None, dtype: Any = None):
-        import torch
-
         self.components = components
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype or torch.float32
-        for module in (components.unet, components.vae, components.text_encoder):
-            module.to(self.device, self.dtype)
+        self.device, self.dtype = _place_components(components, device, dtype)
         self.weights_info: Optional[MotionInversionWeightsInfo] = None
         self.inverted_latents = None
 
@@ -1653,17 +1596,6 @@ class MotionInversionGenerateResult:
     seconds: Dict[str, float]
 
 
-def _output_paths(output_path: Optional[str | Path], count: int) -> List[Path]:
-    if output_path is None:
-        return []
-    path = Path(output_path)
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(f"The output '{path.name}' must end in .mp4.")
-    if count == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{index + 1}{path.suffix}") for index in range(count)]
-
-
 def generate_motion_inversion(
     prompts: Union[str, Sequence[str]],
     weights: str | Path,
@@ -1805,108 +1737,17 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _given(namespace: argparse.Namespace, model) -> dict:
-    return {name: getattr(namespace, name) for name in _fields(model) if getattr(namespace, name, None) is not None}
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-# Copied from lib_vidguide.pipelines.tune_a_video._InterruptFlag
-class _InterruptFlag:
-    """Ctrl+C asks the training loop to save a checkpoint and stop; a second Ctrl+C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        def handler(_signum, _frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("interrupt: saving a checkpoint after this step (Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
 def run_train_cli(args: argparse.Namespace) -> int:
     """``motion-inversion train``: 0 when done, 2 with one ``error:`` line for bad input, 130 when interrupted."""
-    try:
-        settings = MotionInversionSettings.from_dict(_given(args, MotionInversionSettings))
-
-        def progress(event) -> None:
-            saved = f" (checkpoint {event.checkpoint.name})" if event.checkpoint else ""
-            print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f}{saved}", file=sys.stderr, flush=True)
-
-        with _InterruptFlag() as interrupted:
-            result = train_motion_inversion(
-                args.video, args.prompt, settings, model=args.model, output_dir=args.out, models_dir=args.models_dir,
-                device=args.device, resume=args.resume, progress=progress, should_interrupt=interrupted,
-            )
-    except ValueError as error:  # includes pydantic's ValidationError and VideoInputError
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    summary = {
-        "weights": str(result.weights_path) if result.weights_path else None, "steps": result.steps_done,
-        "total_steps": result.total_steps, "interrupted": result.interrupted,
-        "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
-        "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
-        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }
-    print(json.dumps(summary))
-    if result.interrupted:
-        print(f"interrupted: resume with --resume latest --out {args.out}", file=sys.stderr)
-        return 130
-    return 0
+    return run_train_command(args, MotionInversionSettings, train_motion_inversion)
 
 
 def run_generate_cli(args: argparse.Namespace) -> int:
     """``motion-inversion generate``: 0 when done, 2 with one ``error:`` line for bad input."""
-    try:
-        settings = MotionInversionGenerateSettings.from_dict(_given(args, MotionInversionGenerateSettings))
-
-        def progress(step: int, steps: int) -> None:
-            print(f"step {step}/{steps}", file=sys.stderr, flush=True)
-
-        result = generate_motion_inversion(
-            args.prompt, args.weights, settings, model=args.model, models_dir=args.models_dir, device=args.device,
-            output_path=args.output, fps=args.fps, progress=progress,
-        )
-        frame_dirs = []
-        if args.frames_dir:
-            from ..atomic import save_png_atomic
-
-            for index, frames in enumerate(result.videos):
-                folder = Path(args.frames_dir) / (f"video-{index + 1}" if len(result.videos) > 1 else "")
-                for number, frame in enumerate(frames):
-                    save_png_atomic(folder / f"frame_{number:05d}.png", frame)
-                frame_dirs.append(str(folder))
-    except ValueError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(json.dumps({
-        "outputs": [str(path) for path in result.output_paths], "frames": int(result.videos[0].shape[0]),
-        "size": [int(result.videos[0].shape[2]), int(result.videos[0].shape[1])], "fps": result.fps,
-        "frames_dirs": frame_dirs, "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }))
-    return 0
+    return run_video_command(args, MotionInversionGenerateSettings, lambda settings, progress: generate_motion_inversion(
+        args.prompt, args.weights, settings, model=args.model, models_dir=args.models_dir, device=args.device,
+        output_path=args.output, fps=args.fps, progress=progress,
+    ))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

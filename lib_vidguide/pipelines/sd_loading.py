@@ -35,7 +35,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 logger = logging.getLogger("vidguide")
 
@@ -270,11 +270,27 @@ def load_sd_components(
 # --------------------------------------------------------------------------- diffusers folders
 
 
+def _load_folder_parts(folder: Path, unet_class: Any) -> tuple[Any, Any, Any, Any, Dict[str, Any]]:
+    """UNet (``unet_class``), VAE, CLIP text encoder, tokenizer (``from_pretrained(local_files_only=True)``) and
+    the scheduler's config of a diffusers folder; a ValueError names the folder when one cannot be loaded."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        unet = unet_class.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"Could not load the diffusers model in '{folder}': {' '.join(str(error).split())}") from error
+    return unet, vae, text_encoder, tokenizer, scheduler_config
+
+
 def load_diffusers_folder(folder: str | Path, *, torch_dtype: Any = None) -> SDComponents:
     """Each component with ``from_pretrained(local_files_only=True)``; the safety checker is never loaded."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     diffusers_logging.disable_progress_bar()
     folder = Path(folder)
@@ -284,14 +300,7 @@ def load_diffusers_folder(folder: str | Path, *, torch_dtype: Any = None) -> SDC
             f"The diffusers folder '{folder}' lacks {', '.join(missing)}/; Tune-A-Video needs a complete "
             f"Stable Diffusion 1.x pipeline folder. {models_hint()}"
         )
-    try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"Could not load the diffusers model in '{folder}': {' '.join(str(error).split())}") from error
+    unet, vae, text_encoder, tokenizer, scheduler_config = _load_folder_parts(folder, UNet2DConditionModel)
     notes = []
     cross_dim = unet.config.cross_attention_dim
     if isinstance(cross_dim, (list, tuple)) or unet.config.get("addition_embed_type") is not None:
@@ -578,3 +587,57 @@ def base_model_fingerprint(unet: Any) -> str:
             digest.update(key.encode())
             digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- helpers the pipelines share
+
+
+def _encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> tuple[Any, List[str]]:
+    """CLIP hidden states of each prompt, padded to the tokenizer's 77 tokens; notes for truncated prompts."""
+    import torch
+
+    notes = []
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    for prompt in prompts:
+        if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
+            notes.append(f"The prompt {prompt[:40]!r}... is longer than {tokenizer.model_max_length} tokens and was cut.")
+    with torch.no_grad():
+        embeddings = text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+    return embeddings, notes
+
+
+def _decode_latents(vae: Any, latents: Any, chunk: int) -> Any:
+    """RGB uint8 ``(frames, H, W, 3)`` numpy frames of scaled latents ``(frames, 4, h, w)``, ``chunk`` frames at a time."""
+    import torch
+
+    pictures = []
+    with torch.no_grad():
+        for begin in range(0, latents.shape[0], chunk):
+            part = latents[begin:begin + chunk].to(vae.device, vae.dtype) / float(vae.config.scaling_factor)
+            image = vae.decode(part).sample.float()
+            pictures.append(((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(pictures).numpy()
+
+
+def _place_components(components: Any, device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """Move the UNet, VAE and text encoder to ``device`` (default CPU) and ``dtype`` (default float32); both back."""
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = dtype or torch.float32
+    for module in (components.unet, components.vae, components.text_encoder):
+        module.to(device, dtype)
+    return device, dtype
+
+
+def _output_paths(output_path: Optional[str | Path], count: int) -> List[Path]:
+    """``name.mp4`` for one video, ``name-1.mp4``, ``name-2.mp4``, ... for several; none without ``output_path``."""
+    if output_path is None:
+        return []
+    path = Path(output_path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"The output '{path.name}' must end in .mp4.")
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{index + 1}{path.suffix}") for index in range(count)]

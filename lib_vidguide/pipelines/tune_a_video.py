@@ -49,8 +49,6 @@ import hashlib
 import json
 import logging
 import math
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -60,7 +58,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 from pydantic import Field
 
-from ..settings import PYDANTIC_V2, StrictModel, field_check
+from ..settings import StrictModel, field_check
+from .cli_support import run_train_command, run_video_command
+from .sd_loading import _decode_latents, _encode_prompts, _output_paths, _place_components
 from .training import TrainingSettings
 
 logger = logging.getLogger("vidguide")
@@ -182,10 +182,6 @@ class TuneAVideoEditSettings(StrictModel):
     @field_check("height")
     def _height_multiple(cls, value: Optional[int]) -> Optional[int]:  # noqa: N805
         return _check_multiple_of_8(value, "height")
-
-
-def _fields(model) -> dict:
-    return model.model_fields if PYDANTIC_V2 else model.__fields__
 
 
 # --------------------------------------------------------------------------- inflation
@@ -745,21 +741,6 @@ def _encode_latent_distribution(vae: Any, frames: np.ndarray, chunk: int) -> tup
     return torch.cat(means), torch.cat(stds)
 
 
-def _encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> tuple[Any, List[str]]:
-    """CLIP hidden states of each prompt, padded to the tokenizer's 77 tokens; notes for truncated prompts."""
-    import torch
-
-    notes = []
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
-    for prompt in prompts:
-        if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
-            notes.append(f"The prompt {prompt[:40]!r}... is longer than {tokenizer.model_max_length} tokens and was cut.")
-    with torch.no_grad():
-        embeddings = text_encoder(tokens.input_ids.to(text_encoder.device))[0]
-    return embeddings, notes
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -993,15 +974,10 @@ class TuneAVideoPipeline:
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, components: Any, *, device: Any = None, dtype: Any = None):
-        import torch
-
         self.components = components
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype or torch.float32
         if getattr(components.unet, _STATE_ATTRIBUTE, None) is None:
             inflate_unet(components.unet)
-        for module in (components.unet, components.vae, components.text_encoder):
-            module.to(self.device, self.dtype)
+        self.device, self.dtype = _place_components(components, device, dtype)
         self.weights_info: Optional[TuneAVideoWeightsInfo] = None
 
     @property
@@ -1080,16 +1056,7 @@ class TuneAVideoPipeline:
         return (mean * float(self.components.vae.config.scaling_factor)).to(self.dtype)
 
     def decode_latents(self, latents: Any, decode_chunk_size: int = 8) -> np.ndarray:
-        import torch
-
-        vae = self.components.vae
-        pictures = []
-        with torch.no_grad():
-            for begin in range(0, latents.shape[0], decode_chunk_size):
-                chunk = latents[begin:begin + decode_chunk_size].to(vae.device, vae.dtype) / float(vae.config.scaling_factor)
-                image = vae.decode(chunk).sample.float()
-                pictures.append(((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-        return torch.cat(pictures).numpy()
+        return _decode_latents(self.components.vae, latents, decode_chunk_size)
 
     # 3. Inversion
 
@@ -1237,17 +1204,6 @@ class TuneAVideoEditResult:
     seconds: Dict[str, float]
 
 
-def _edit_output_paths(output_path: Optional[str | Path], count: int) -> List[Path]:
-    if output_path is None:
-        return []
-    path = Path(output_path)
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(f"The output '{path.name}' must end in .mp4.")
-    if count == 1:
-        return [path]
-    return [path.with_name(f"{path.stem}-{index + 1}{path.suffix}") for index in range(count)]
-
-
 def edit_tune_a_video(
     video: Any,
     prompts: Union[str, Sequence[str]],
@@ -1281,7 +1237,7 @@ def edit_tune_a_video(
     # 1. Check inputs: the weights' metadata decides the defaults.
     info = read_weights_info(weights)
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-    paths = _edit_output_paths(output_path, max(1, len(prompt_list)))
+    paths = _output_paths(output_path, max(1, len(prompt_list)))
     clip = sample_video_frames(
         video, frames=settings.frames or info.frames,
         start=settings.sample_start if settings.sample_start is not None else info.sample_start,
@@ -1399,105 +1355,14 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _given(namespace: argparse.Namespace, model) -> dict:
-    return {name: getattr(namespace, name) for name in _fields(model) if getattr(namespace, name, None) is not None}
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-class _InterruptFlag:
-    """Ctrl+C asks the training loop to save a checkpoint and stop; a second Ctrl+C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        def handler(_signum, _frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("interrupt: saving a checkpoint after this step (Ctrl+C again to stop at once)", file=sys.stderr, flush=True)
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def __call__(self) -> bool:
-        return self.requested
-
-
 def run_train_cli(args: argparse.Namespace) -> int:
     """``tune-a-video train``: 0 when done, 2 with one ``error:`` line for bad input, 130 when interrupted."""
-    try:
-        settings = TuneAVideoSettings.from_dict(_given(args, TuneAVideoSettings))
-
-        def progress(event) -> None:
-            saved = f" (checkpoint {event.checkpoint.name})" if event.checkpoint else ""
-            print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f}{saved}", file=sys.stderr, flush=True)
-
-        with _InterruptFlag() as interrupted:
-            result = train_tune_a_video(
-                args.video, args.prompt, settings, model=args.model, output_dir=args.out, models_dir=args.models_dir,
-                tokenizer=args.tokenizer, device=args.device, resume=args.resume, progress=progress,
-                should_interrupt=interrupted,
-            )
-    except ValueError as error:  # includes pydantic's ValidationError and VideoInputError
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    summary = {
-        "weights": str(result.weights_path) if result.weights_path else None, "steps": result.steps_done,
-        "total_steps": result.total_steps, "interrupted": result.interrupted,
-        "checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
-        "first_loss": result.losses[0] if result.losses else None, "last_loss": result.losses[-1] if result.losses else None,
-        "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }
-    print(json.dumps(summary))
-    if result.interrupted:
-        print(f"interrupted: resume with --resume latest --out {args.out}", file=sys.stderr)
-        return 130
-    return 0
+    return run_train_command(args, TuneAVideoSettings, train_tune_a_video, tokenizer=args.tokenizer)
 
 
 def run_edit_cli(args: argparse.Namespace) -> int:
     """``tune-a-video edit``: 0 when done, 2 with one ``error:`` line for bad input."""
-    try:
-        settings = TuneAVideoEditSettings.from_dict(_given(args, TuneAVideoEditSettings))
-
-        def progress(step: int, steps: int) -> None:
-            print(f"step {step}/{steps}", file=sys.stderr, flush=True)
-
-        result = edit_tune_a_video(
-            args.video, args.prompt, args.weights, settings, model=args.model, models_dir=args.models_dir,
-            tokenizer=args.tokenizer, device=args.device, output_path=args.output, progress=progress,
-        )
-        frame_dirs = []
-        if args.frames_dir:
-            from ..atomic import save_png_atomic
-
-            for index, frames in enumerate(result.videos):
-                folder = Path(args.frames_dir) / (f"video-{index + 1}" if len(result.videos) > 1 else "")
-                for number, frame in enumerate(frames):
-                    save_png_atomic(folder / f"frame_{number:05d}.png", frame)
-                frame_dirs.append(str(folder))
-    except ValueError as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(json.dumps({
-        "outputs": [str(path) for path in result.output_paths], "frames": int(result.videos[0].shape[0]),
-        "size": [int(result.videos[0].shape[2]), int(result.videos[0].shape[1])], "fps": result.fps,
-        "frames_dirs": frame_dirs, "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
-    }))
-    return 0
+    return run_video_command(args, TuneAVideoEditSettings, lambda settings, progress: edit_tune_a_video(
+        args.video, args.prompt, args.weights, settings, model=args.model, models_dir=args.models_dir,
+        tokenizer=args.tokenizer, device=args.device, output_path=args.output, progress=progress,
+    ))

@@ -175,25 +175,6 @@ def t2v_model_for_run(name: Optional[str]) -> str:
     return _checked_name(name, folder, choices, where_t2v_models_go())
 
 
-def host_device() -> Optional[str]:
-    try:
-        from modules import devices
-    except ImportError:
-        return None
-    device = getattr(devices, "device", None)
-    return str(device) if device is not None else None
-
-
-def _torch_gc() -> None:
-    try:
-        from modules import devices
-    except ImportError:
-        return
-    collect = getattr(devices, "torch_gc", None)
-    if callable(collect):
-        collect()
-
-
 # --------------------------------------------------------------------------- input checks
 
 
@@ -444,7 +425,7 @@ def train_here(artefact_id: str, *, should_stop: Optional[Callable[[], bool]] = 
     train = train_tune_a_video if record.method == TUNE_A_VIDEO else train_motion_inversion
     try:
         result = train(record.source, record.prompt, settings, model=record.model_path, output_dir=record.folder,
-                       models_dir=host.models_path(), device=host_device(), resume="latest", progress=progress,
+                       models_dir=host.models_path(), device=host.device(), resume="latest", progress=progress,
                        should_interrupt=should_interrupt)
     except Exception as error:
         record.status = "failed"
@@ -454,7 +435,7 @@ def train_here(artefact_id: str, *, should_stop: Optional[Callable[[], bool]] = 
     finally:
         with _active:
             _active_ids.discard(artefact_id)
-        _torch_gc()
+        host.torch_gc()
     record.steps_done, record.total_steps = result.steps_done, result.total_steps
     record.last_loss = result.losses[-1] if result.losses else record.last_loss
     record.notes = list(dict.fromkeys(result.notes))
@@ -625,7 +606,7 @@ def edit_here(method: str, *, prompts: Any, settings, video: Optional[Path] = No
     def should_interrupt() -> bool:
         return bool(state.interrupted or getattr(state, "stopping_generation", False))
 
-    common = dict(model=model_path, models_dir=host.models_path(), device=host_device(), output_path=output,
+    common = dict(model=model_path, models_dir=host.models_path(), device=host.device(), output_path=output,
                   progress=progress, should_interrupt=should_interrupt)
     with _edit_running:
         try:
@@ -641,7 +622,7 @@ def edit_here(method: str, *, prompts: Any, settings, video: Optional[Path] = No
                 attention_flow.AttentionFlowInterrupted) as interrupted:
             raise EditInterrupted(str(interrupted)) from interrupted
         finally:
-            _torch_gc()
+            host.torch_gc()
     notes = list(dict.fromkeys(result.notes))
     if video_shown_as and video is not None:
         notes = [note.replace(str(video), video_shown_as) for note in notes]

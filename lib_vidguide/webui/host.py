@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 from ..paths import parse_roots
 
@@ -28,6 +29,27 @@ def models_path() -> Path:
     return Path(paths_internal.models_path)
 
 
+def device() -> Optional[str]:
+    """The WebUI's torch device (``modules.devices.device``), or None to let the runner pick."""
+    try:
+        from modules import devices
+    except ImportError:
+        return None
+    found = getattr(devices, "device", None)
+    return str(found) if found is not None else None
+
+
+def torch_gc() -> None:
+    """The host's torch_gc after a released model (it also covers MPS/XPU caches)."""
+    try:
+        from modules import devices
+    except ImportError:
+        return
+    collect = getattr(devices, "torch_gc", None)
+    if callable(collect):
+        collect()
+
+
 def allowed_roots() -> list[Path]:
     """--vidguide-allowed-roots, or by default the WebUI's outputs and a vidguide-inputs folder."""
     configured = parse_roots(cmd_option("vidguide_allowed_roots", ""))
@@ -47,4 +69,4 @@ def configure_logging() -> logging.Logger:
     return logger
 
 
-__all__ = ["allowed_roots", "cmd_option", "configure_logging", "data_path"]
+__all__ = ["allowed_roots", "cmd_option", "configure_logging", "data_path", "device", "models_path", "torch_gc"]

@@ -127,21 +127,11 @@ _runner: Optional[MotionBrushRunner] = None
 _runner_lock = threading.Lock()
 
 
-def host_device() -> Optional[str]:
-    """The WebUI's torch device (``modules.devices.device``), or None to let the runner pick."""
-    try:
-        from modules import devices
-    except ImportError:
-        return None
-    device = getattr(devices, "device", None)
-    return str(device) if device is not None else None
-
-
 def runner() -> MotionBrushRunner:
     """One runner per process (it may keep a model loaded between runs); a new one, the old one
     released, when the models folder or the device changed."""
     global _runner
-    wanted_dir, wanted_device = models_dir(), host_device()
+    wanted_dir, wanted_device = models_dir(), host.device()
     with _runner_lock:
         if _runner is None or _runner.models_dir != wanted_dir or _runner.device != wanted_device:
             if _runner is not None:
@@ -260,7 +250,7 @@ def run_here(image: Any, mask: Any, *, model: Optional[str], settings: MotionBru
         )
     state.job_no = 1
     state.textinfo = None
-    _torch_gc()
+    host.torch_gc()
     return MotionBrushRun(
         run_id=run_id, video_path=result.video_path, frames_dir=result.frames_dir, frames=len(result.frames),
         seed=result.seed, fps=result.fps, width=result.width, height=result.height,
@@ -281,17 +271,6 @@ def run_with_queue_lock(image: Any, mask: Any, *, model: Optional[str], settings
             return run_here(image, mask, model=model, settings=settings)
         finally:
             state.end()
-
-
-def _torch_gc() -> None:
-    """The host's torch_gc after a released model (it also covers MPS/XPU caches)."""
-    try:
-        from modules import devices
-    except ImportError:
-        return
-    collect = getattr(devices, "torch_gc", None)
-    if callable(collect):
-        collect()
 
 
 def find_video(run_id: str) -> Path:
