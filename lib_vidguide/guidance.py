@@ -211,8 +211,10 @@ class StepGuidance:
         if self.conventions is None:
             raise RuntimeError("StepGuidance needs the sampler's conventions before its first step")
         self._x_t = x_t
-        self._sigma = float(sigma.detach().flatten()[0].float().item())
-        self._timestep = self.conventions.timestep_of(sigma)
+        # One device-to-host read per step: the noise level and the timestep come from the same value.
+        sigma_value = sigma.detach().flatten()[0:1].float().cpu()
+        self._sigma = float(sigma_value.item())
+        self._timestep = self.conventions.timestep_of(sigma_value)
         if self._start_timestep is None:
             self._start_timestep = self._timestep
 

@@ -97,7 +97,9 @@ from pydantic import Field
 from ..settings import FlowMethod, StrictModel, field_check
 from . import tune_a_video as tav
 from .cli_support import run_video_command
-from .sd_loading import _decode_latents, _encode_prompts, _output_paths, _place_components
+from .sd_loading import (
+    _base_model_note, _decode_latents, _encode_prompts, _output_paths, _place_components, _run_device_and_dtype,
+)
 
 logger = logging.getLogger("vidguide")
 
@@ -1438,13 +1440,10 @@ def edit_attention_flow(
     if components is None:
         components = load_sd_components(model, models_dir=models_dir, tokenizer=tokenizer)
     notes.extend(components.notes)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if settings.half_precision and device.type == "cuda" else torch.float32
+    device, dtype = _run_device_and_dtype(device, settings.half_precision)
     pipeline = AttentionFlowPipeline(components, device=device, dtype=dtype)
     if weights:
-        info = pipeline.load_weights(weights)
-        if info.base_model_fingerprint and components.fingerprint != info.base_model_fingerprint:
-            notes.append(f"The weights were trained on '{info.base_model}', another base model than '{components.name}'.")
+        notes.extend(filter(None, [_base_model_note(pipeline.load_weights(weights), components, "The weights")]))
     seconds: Dict[str, float] = {}
 
     def on_step_end(_pipe: Any, index: int, _timestep: Any, _tensors: Dict[str, Any]) -> None:

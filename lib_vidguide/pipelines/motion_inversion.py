@@ -99,8 +99,13 @@ from pydantic import Field
 
 from ..settings import StrictModel, field_check
 from .cli_support import run_train_command, run_video_command
-from .sd_loading import _ddim_config_from, _decode_latents, _encode_prompts, _output_paths, _place_components
+from .sd_loading import (
+    _base_model_note, _counting_step_callback, _ddim_config_from, _decode_latents, _encode_prompts, _output_paths,
+    _place_components, _run_device_and_dtype,
+)
 from .training import TrainingSettings
+from .training import VideoTrainResult as MotionInversionTrainResult  # one result type for both training methods
+from .tune_a_video import _check_multiple_of_8
 
 logger = logging.getLogger("vidguide")
 
@@ -177,16 +182,6 @@ _EMPTY_TRAINING_PROMPT = (
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def _check_multiple_of_8(value: Optional[int], what: str) -> Optional[int]:
-    if value is not None and value % SIZE_MULTIPLE:
-        lower = max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
-        raise ValueError(
-            f"{what} {value} is not a multiple of {SIZE_MULTIPLE}: the VAE works on 8x8 pixel blocks. "
-            f"Use {lower} or {lower + SIZE_MULTIPLE}."
-        )
-    return value
 
 
 class MotionInversionSettings(TrainingSettings):
@@ -1277,20 +1272,6 @@ class MotionInversionTrainer:
         unet.eval()
 
 
-@dataclass
-class MotionInversionTrainResult:
-    weights_path: Optional[Path]
-    losses: List[float]
-    steps_done: int
-    total_steps: int
-    interrupted: bool
-    last_checkpoint: Optional[Path]
-    notes: List[str]
-    seconds: Dict[str, float]
-    peak_memory_bytes: Optional[int]
-    clip: Any
-
-
 def train_motion_inversion(
     video: Any,
     prompt: str,
@@ -1318,27 +1299,15 @@ def train_motion_inversion(
         progress: called with a :class:`~.training.TrainingProgress` after every step.
         should_interrupt: checked after every step; a checkpoint is saved before stopping.
     """
-    from .training import check_8bit_adam, run_training
-    from .tune_a_video import sample_video_frames
+    from .training import train_on_video
 
     settings = settings or MotionInversionSettings()
-    # 1. Check inputs before anything heavy is loaded.
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(_EMPTY_TRAINING_PROMPT)
-    check_8bit_adam(settings, device)
-    clip = sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
-                               width=settings.width, height=settings.height)
-    # 2. Load the base model, then train.
-    if components is None:
-        components = load_t2v_components(model, models_dir=models_dir)
-    trainer = MotionInversionTrainer(components, clip.frames, prompt, settings, fps=clip.fps)
-    result = run_training(trainer, settings, output_dir, device=device, resume=resume, progress=progress,
-                          should_interrupt=should_interrupt, stop_after_step=stop_after_step)
-    return MotionInversionTrainResult(
-        weights_path=result.output_path, losses=result.losses, steps_done=result.steps_done,
-        total_steps=result.total_steps, interrupted=result.interrupted, last_checkpoint=result.last_checkpoint,
-        notes=clip.notes + components.notes + result.notes, seconds=result.seconds,
-        peak_memory_bytes=result.peak_memory_bytes, clip=clip,
+    return train_on_video(
+        video, prompt, settings, empty_prompt_message=_EMPTY_TRAINING_PROMPT,
+        load_components=lambda: load_t2v_components(model, models_dir=models_dir),
+        make_trainer=lambda loaded, clip: MotionInversionTrainer(loaded, clip.frames, prompt, settings, fps=clip.fps),
+        components=components, output_dir=output_dir, device=device, resume=resume, progress=progress,
+        should_interrupt=should_interrupt, stop_after_step=stop_after_step,
     )
 
 
@@ -1636,26 +1605,12 @@ def generate_motion_inversion(
     if components is None:
         components = load_t2v_components(model, models_dir=models_dir)
     notes = list(components.notes)
-    if info.base_model_fingerprint and components.fingerprint != info.base_model_fingerprint:
-        notes.append(
-            f"These embeddings were trained on '{info.base_model}', another base model than '{components.name}'; "
-            "results may be poor."
-        )
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if settings.half_precision and device.type == "cuda" else torch.float32
+    notes.extend(filter(None, [_base_model_note(info, components, "These embeddings")]))
+    device, dtype = _run_device_and_dtype(device, settings.half_precision)
     pipeline = MotionInversionPipeline(components, device=device, dtype=dtype)
     pipeline.load_weights(info.path)
-
-    total = settings.num_inference_steps * len(prompt_list)
-    done = {"steps": 0}
-
-    def on_step_end(_pipe, _index, _timestep, _tensors):
-        done["steps"] += 1
-        if progress is not None:
-            progress(done["steps"], total)
-        if should_interrupt is not None and should_interrupt():
-            raise MotionInversionInterrupted(f"Interrupted after sampling step {done['steps']} of {total}; nothing was written.")
-        return None
+    on_step_end = _counting_step_callback(settings.num_inference_steps * len(prompt_list), progress,
+                                          should_interrupt, MotionInversionInterrupted)
 
     # 3. Sample.
     output = pipeline(

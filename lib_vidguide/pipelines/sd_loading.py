@@ -35,7 +35,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 logger = logging.getLogger("vidguide")
 
@@ -629,6 +629,39 @@ def _place_components(components: Any, device: Any = None, dtype: Any = None) ->
     for module in (components.unet, components.vae, components.text_encoder):
         module.to(device, dtype)
     return device, dtype
+
+
+def _run_device_and_dtype(device: Any, half_precision: bool) -> tuple[Any, Any]:
+    """The device an edit runs on (given, else CUDA when present) and its dtype (fp16 only on CUDA)."""
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, (torch.float16 if half_precision and device.type == "cuda" else torch.float32)
+
+
+def _base_model_note(info: Any, components: Any, what: str) -> Optional[str]:
+    """A warning when trained tensors meet another base model than the one they were trained on."""
+    if info.base_model_fingerprint and components.fingerprint != info.base_model_fingerprint:
+        return (f"{what} were trained on '{info.base_model}', another base model than '{components.name}'; "
+                "results may be poor.")
+    return None
+
+
+def _counting_step_callback(total: int, progress: Optional[Callable[[int, int], None]],
+                            should_interrupt: Optional[Callable[[], bool]], interrupted: type) -> Callable:
+    """A ``callback_on_step_end`` that reports step k of ``total`` across all prompts and raises
+    ``interrupted`` (the method's exception) when asked to stop; nothing has been written then."""
+    done = {"steps": 0}
+
+    def on_step_end(_pipe, _index, _timestep, _tensors):
+        done["steps"] += 1
+        if progress is not None:
+            progress(done["steps"], total)
+        if should_interrupt is not None and should_interrupt():
+            raise interrupted(f"Interrupted after sampling step {done['steps']} of {total}; nothing was written.")
+        return None
+
+    return on_step_end
 
 
 def _output_paths(output_path: Optional[str | Path], count: int) -> List[Path]:

@@ -141,6 +141,22 @@ class TrainingResult:
     mixed_precision: str = "no"
 
 
+@dataclass
+class VideoTrainResult:
+    """A method's training on one video: :class:`TrainingResult` named for callers, plus the clip it used."""
+
+    weights_path: Optional[Path]
+    losses: List[float]
+    steps_done: int
+    total_steps: int
+    interrupted: bool
+    last_checkpoint: Optional[Path]
+    notes: List[str]
+    seconds: Dict[str, float]
+    peak_memory_bytes: Optional[int]
+    clip: Any
+
+
 class TrainingTask(Protocol):
     """What a method gives :func:`run_training`.
 
@@ -638,3 +654,31 @@ def describe_losses(losses: List[float], window: int = 5) -> str:
     first = sum(losses[:window]) / window
     last = sum(losses[-window:]) / window
     return f"{first:.4f} -> {last:.4f}" if math.isfinite(first + last) else "non-finite"
+
+
+def train_on_video(video: Any, prompt: str, settings: Any, *, empty_prompt_message: str,
+                   load_components: Callable[[], Any], make_trainer: Callable[[Any, Any], Any],
+                   components: Any, output_dir: Union[str, Path], device: Any, resume: Union[str, Path, None],
+                   progress: Optional[Callable[[TrainingProgress], None]],
+                   should_interrupt: Optional[Callable[[], bool]],
+                   stop_after_step: Optional[int]) -> VideoTrainResult:
+    """The training entry points' shared order: inputs checked before anything heavy is loaded, then
+    the base model (``load_components()`` unless ``components`` are given), then :func:`run_training`.
+    ``make_trainer(components, clip)`` builds the method's :class:`TrainingTask`."""
+    from .tune_a_video import sample_video_frames
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(empty_prompt_message)
+    check_8bit_adam(settings, device)
+    clip = sample_video_frames(video, frames=settings.frames, start=settings.sample_start, stride=settings.sample_stride,
+                               width=settings.width, height=settings.height)
+    if components is None:
+        components = load_components()
+    result = run_training(make_trainer(components, clip), settings, output_dir, device=device, resume=resume,
+                          progress=progress, should_interrupt=should_interrupt, stop_after_step=stop_after_step)
+    return VideoTrainResult(
+        weights_path=result.output_path, losses=result.losses, steps_done=result.steps_done,
+        total_steps=result.total_steps, interrupted=result.interrupted, last_checkpoint=result.last_checkpoint,
+        notes=clip.notes + components.notes + result.notes, seconds=result.seconds,
+        peak_memory_bytes=result.peak_memory_bytes, clip=clip,
+    )
